@@ -1,0 +1,107 @@
+"""What the sync and asyncio clients share: addresses, credentials, deadlines and retries."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from client.errors import RETRYABLE_CODES, InferenceServerException
+from zoo.errors import InvalidArgumentError
+
+DEFAULT_TIMEOUT_S = 10.0
+# grpc's 4 MiB default would refuse a batch of ~1,300 MNIST images; the server's limit
+# (configurable there) is the one that should decide.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, for UNAVAILABLE on idempotent calls only."""
+
+    attempts: int = 4
+    initial_backoff_s: float = 0.05
+    multiplier: float = 2.0
+    max_backoff_s: float = 1.0
+
+    def backoffs(self, idempotent: bool) -> Iterator[float]:
+        """The pause before each attempt: 0 before the first, none beyond the last."""
+        yield 0.0
+        if not idempotent:
+            return
+        for attempt in range(self.attempts - 1):
+            delay = min(self.initial_backoff_s * self.multiplier**attempt, self.max_backoff_s)
+            # Jitter spreads the retries of many clients after a server restart.
+            yield delay * random.uniform(0.5, 1.0)
+
+
+NO_RETRIES = RetryPolicy(attempts=1)
+
+
+def parse_targets(url: str | Sequence[str]) -> tuple[str, ...]:
+    """`host:port`, a comma-separated list of them, or a sequence: the round-robin targets."""
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    targets = tuple(p.strip().removeprefix("grpc://") for p in parts if p.strip())
+    if not targets:
+        raise InvalidArgumentError(f"expected a server address HOST:PORT, got {url!r}")
+    return targets
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the servers; picklable, so load-generator processes can rebuild it."""
+
+    targets: tuple[str, ...]
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    tls: bool = False
+    root_certificates: bytes | None = None
+    server_name: str | None = None  # the name the TLS certificate must carry, when not the host
+    token: str | None = None
+    retry: RetryPolicy = RetryPolicy()
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.tls and self.root_certificates is None:
+            return None
+        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+
+    def options(self) -> tuple[tuple[str, object], ...]:
+        if self.server_name:
+            return (*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", self.server_name))
+        return CHANNEL_OPTIONS
+
+
+class RoundRobin:
+    """Hands out (target, stub) pairs in turn: client-side load balancing over addresses."""
+
+    def __init__(self, pairs: Sequence[tuple[str, object]]) -> None:
+        self._pairs = list(pairs)
+        self._turn = itertools.count()
+
+    def next(self) -> tuple[str, object]:
+        # itertools.count's next() is atomic under the GIL, so threads may share this.
+        return self._pairs[next(self._turn) % len(self._pairs)]
+
+
+def should_retry(error: grpc.RpcError) -> bool:
+    return error.code() in RETRYABLE_CODES
+
+
+def deadline_error(
+    timeout_s: float, last: InferenceServerException | None
+) -> InferenceServerException:
+    if last is not None:
+        return last
+    return InferenceServerException(
+        grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply within {timeout_s:g} s"
+    )

@@ -1,0 +1,279 @@
+"""`zoo load`: load-test a served model, closed or open loop, and report like perf_analyzer.
+
+    zoo load --model bn_cnn --concurrency 8 --duration 10
+    zoo load --model bn_cnn --rate 500 --poisson --output run.json
+    zoo load --model bn_cnn --sweep 1,8,32 --plot sweep.png
+
+Prints one table row per run (requests/s, images/s, latency percentiles, errors by gRPC
+code), live progress on stderr while running, and writes JSON with `--output`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+from tqdm import tqdm
+
+from client.channel import NO_RETRIES
+from client.loadgen import GeneratorJob, Progress, run_generators, split_load
+from client.protocol import ModelMetadata, build_infer_request, dtype_of
+from client.settings import ClientSettings
+from client.stats import summarise
+from client.sync import ZooClient
+from zoo.errors import InvalidArgumentError
+from zoo.settings import add_settings_arguments, settings_from_args
+
+log = logging.getLogger(__name__)
+
+# Distinct request payloads cycled through for mnist/random input, so that a server cannot
+# answer from a cache, while building them costs nothing during the run.
+REQUEST_POOL = 16
+
+
+class LoadSettings(ClientSettings):
+    model: str = Field(description="the served model to load-test")
+    version: str | None = Field(None, description="model version (default: the server's choice)")
+    concurrency: int | None = Field(None, ge=1, description="closed loop: requests kept in flight")
+    rate: float | None = Field(None, gt=0, description="open loop: requests sent per second")
+    poisson: bool = Field(
+        False, description="open loop with Poisson (exponential) inter-arrival times"
+    )
+    batch: int = Field(1, ge=1, description="images per request")
+    duration: float = Field(10.0, gt=0, description="measured seconds per run")
+    warmup: float = Field(2.0, ge=0, description="seconds sent before measuring, not counted")
+    processes: int | None = Field(
+        None,
+        ge=1,
+        description="generator processes (default: one per CPU, at most one per in-flight request)",
+    )
+    input: Literal["mnist", "zeros", "random"] = Field("random", description="request payload")
+    sweep: list[float] | None = Field(
+        None, description="one run per value: concurrencies, or rates in req/s when --rate is given"
+    )
+    output: Path | None = Field(None, description="write the runs as JSON here")
+    plot: Path | None = Field(None, description="write a latency-against-throughput PNG here")
+    progress: bool = Field(True, description="show live progress on stderr")
+    seed: int = Field(0, description="seed of the random payloads and Poisson arrivals")
+
+
+def plan_loads(settings: LoadSettings) -> list[tuple[int | None, float | None]]:
+    """(concurrency, rate) of each run: exactly one of the two is set per run."""
+    if settings.concurrency is not None and settings.rate is not None:
+        raise InvalidArgumentError(
+            "give --concurrency (closed loop) or --rate (open loop), not both"
+        )
+    if settings.poisson and settings.rate is None:
+        raise InvalidArgumentError("--poisson needs --rate: it shapes open-loop arrivals")
+    if settings.sweep is None:
+        return [(settings.concurrency or (None if settings.rate else 1), settings.rate)]
+    if settings.rate is not None:
+        return [(None, float(v)) for v in settings.sweep]
+    if any(v < 1 or v != int(v) for v in settings.sweep):
+        raise InvalidArgumentError(
+            f"--sweep: expected whole concurrencies >= 1, got {settings.sweep}"
+        )
+    return [(int(v), None) for v in settings.sweep]
+
+
+def make_payloads(
+    metadata: ModelMetadata, kind: str, batch: int, seed: int
+) -> list[dict[str, np.ndarray]]:
+    """Input arrays for each request: the model's inputs with the batch dimension set."""
+    rng = np.random.default_rng(seed)
+    count = 1 if kind == "zeros" else REQUEST_POOL
+    images = _mnist_images(count * batch) if kind == "mnist" else None
+    payloads = []
+    for n in range(count):
+        arrays = {}
+        for spec in metadata.inputs:
+            shape = _batched_shape(spec.name, spec.shape, batch)
+            dtype = dtype_of(spec.datatype)
+            if images is not None:
+                arrays[spec.name] = images[n * batch : (n + 1) * batch].reshape(shape).astype(dtype)
+            elif kind == "random":
+                arrays[spec.name] = rng.random(shape).astype(dtype)
+            else:
+                arrays[spec.name] = np.zeros(shape, dtype)
+        payloads.append(arrays)
+    return payloads
+
+
+def _batched_shape(name: str, shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
+    if not shape or shape[0] != -1 or -1 in shape[1:]:
+        raise InvalidArgumentError(
+            f"input {name!r} has shape {list(shape)}: expected -1 (batch) first, fixed dims after"
+        )
+    return (batch, *shape[1:])
+
+
+def _mnist_images(count: int) -> np.ndarray:
+    from zoo.data import load_mnist  # imports torch: only when MNIST input is asked for
+
+    test = load_mnist("test")
+    index = np.arange(count) % len(test)
+    return test.images[index].astype(np.float32) / 255.0
+
+
+def build_requests(settings: LoadSettings, metadata: ModelMetadata) -> tuple[bytes, ...]:
+    payloads = make_payloads(metadata, settings.input, settings.batch, settings.seed)
+    return tuple(
+        build_infer_request(settings.model, arrays, settings.version).SerializeToString()
+        for arrays in payloads
+    )
+
+
+def run_one(
+    settings: LoadSettings, requests: tuple[bytes, ...], concurrency: int | None, rate: float | None
+) -> dict[str, Any]:
+    processes = settings.processes or min(os.cpu_count() or 1, concurrency or os.cpu_count() or 1)
+    connection = settings.connection(
+        retry=NO_RETRIES
+    )  # a load test counts failures, never hides them
+    end_s = settings.warmup + settings.duration
+    jobs = [
+        GeneratorJob(i, connection, requests, end_s, c, r, offset, settings.poisson, settings.seed)
+        for i, (c, r, offset) in enumerate(split_load(processes, concurrency, rate))
+    ]
+    label = f"concurrency {concurrency}" if concurrency else f"rate {rate:g}/s"
+    with LiveProgress(settings, label) as progress:
+        records = run_generators(jobs, progress)
+    summary = summarise(
+        records, warmup_s=settings.warmup, duration_s=settings.duration, batch=settings.batch
+    )
+    mode = "closed" if concurrency else ("poisson" if settings.poisson else "open")
+    return {
+        "mode": mode,
+        "concurrency": concurrency,
+        "rate": rate,
+        "batch": settings.batch,
+        "processes": processes,
+        "duration_s": settings.duration,
+        **summary,
+    }
+
+
+class LiveProgress:
+    """A tqdm bar over the run's seconds, with live requests/s and errors, on stderr."""
+
+    def __init__(self, settings: LoadSettings, label: str) -> None:
+        total = settings.warmup + settings.duration
+        self.bar = tqdm(
+            total=round(total, 1),
+            desc=label,
+            unit="s",
+            file=sys.stderr,
+            disable=not settings.progress,
+            bar_format="{desc}: {bar} {n:.1f}/{total:.1f} s {postfix}",
+        )
+        self.last = (0.0, 0)
+
+    def __enter__(self) -> Progress:
+        return self.update
+
+    def update(self, elapsed: float, ok: int, errors: int) -> None:
+        rate = (ok - self.last[1]) / max(elapsed - self.last[0], 1e-9)
+        self.last = (elapsed, ok)
+        self.bar.n = round(min(max(elapsed, 0.0), self.bar.total), 1)
+        self.bar.set_postfix_str(f"{rate:,.0f} req/s, {errors} errors")
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+TABLE_COLUMNS = (
+    ("load", 14),
+    ("req/s", 9),
+    ("images/s", 10),
+    ("p50 ms", 8),
+    ("p90 ms", 8),
+    ("p99 ms", 8),
+    ("p99.9 ms", 9),
+    ("max ms", 8),
+)
+
+
+def format_table(runs: list[dict[str, Any]]) -> str:
+    lines = ["".join(f"{name:>{width}}" for name, width in TABLE_COLUMNS) + "  errors"]
+    for run in runs:
+        load = (
+            f"c={run['concurrency']}" if run["concurrency"] else f"{run['mode']} {run['rate']:g}/s"
+        )
+        values = [
+            run["throughput_rps"],
+            run["images_per_s"],
+            run["p50_ms"],
+            run["p90_ms"],
+            run["p99_ms"],
+            run["p999_ms"],
+            run["max_ms"],
+        ]
+        cells = [f"{load:>14}"] + [
+            f"{'-' if v is None else f'{v:,.1f}':>{width}}"
+            for v, (_, width) in zip(values, TABLE_COLUMNS[1:], strict=True)
+        ]
+        errors = ", ".join(f"{code} {n}" for code, n in run["errors"].items()) or "none"
+        lines.append("".join(cells) + "  " + errors)
+    return "\n".join(lines)
+
+
+def write_plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Latency percentiles against achieved throughput: one point per run, labelled by its load."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = [run["throughput_rps"] for run in runs]
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        ax.plot(x, [run[key] for run in runs], marker="o", label=label)
+    for run in runs:
+        load = f"c={run['concurrency']}" if run["concurrency"] else f"{run['rate']:g}/s"
+        ax.annotate(
+            load,
+            (run["throughput_rps"], run["p99_ms"] or 0.0),
+            textcoords="offset points",
+            xytext=(4, 4),
+        )
+    ax.set(xlabel="throughput (requests/s)", ylabel="latency (ms)", title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="zoo load", description=__doc__.split("\n\n")[0])
+    add_settings_arguments(parser, LoadSettings)
+    settings = settings_from_args(LoadSettings, parser.parse_args(argv))
+    loads = plan_loads(settings)
+    with ZooClient(settings.url, connection=settings.connection()) as client:
+        metadata = client.metadata(settings.model, settings.version)
+    requests = build_requests(settings, metadata)
+    runs = [run_one(settings, requests, concurrency, rate) for concurrency, rate in loads]
+    print(format_table(runs))
+    report = {
+        "model": settings.model,
+        "version": settings.version,
+        "url": settings.url,
+        "input": settings.input,
+        "runs": runs,
+    }
+    if settings.output is not None:
+        settings.output.parent.mkdir(parents=True, exist_ok=True)
+        settings.output.write_text(json.dumps(report, indent=2) + "\n")
+        log.info("wrote %s", settings.output)
+    if settings.plot is not None:
+        write_plot(runs, settings.plot, f"{settings.model}, batch {settings.batch}")
+        log.info("wrote %s", settings.plot)
+    return 0

@@ -1,0 +1,79 @@
+"""Summaries of a load run: throughput and latency percentiles from per-request records.
+
+Each generator process returns, per request, when it was due to be sent (`scheduled`),
+when its reply arrived (`done`), both in seconds from the run's common start, and its
+gRPC status code (0 = OK). A request's latency is `done - scheduled`: in an open loop the
+send time is the schedule's, not the moment the generator got round to it, so a server
+that falls behind cannot hide its queueing (coordinated omission, Gil Tene, 2013).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
+STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+OK = 0
+
+
+@dataclass
+class Records:
+    """One generator's per-request record, as parallel arrays."""
+
+    scheduled: np.ndarray  # float64 seconds from the run's start
+    done: np.ndarray  # float64 seconds from the run's start
+    codes: np.ndarray  # int32 gRPC status codes, 0 = OK
+
+    @classmethod
+    def merge(cls, parts: Sequence[Records]) -> Records:
+        return cls(
+            np.concatenate([p.scheduled for p in parts]),
+            np.concatenate([p.done for p in parts]),
+            np.concatenate([p.codes for p in parts]),
+        )
+
+
+def summarise(
+    records: Records, *, warmup_s: float, duration_s: float, batch: int
+) -> dict[str, object]:
+    """The run's figures over the measurement window [warmup, warmup + duration).
+
+    Throughput counts the successful replies that arrived inside the window: what the
+    server delivered. Latency and errors cover every request due inside the window,
+    including those that were still in flight when it closed.
+    """
+    end = warmup_s + duration_s
+    due = (records.scheduled >= warmup_s) & (records.scheduled < end)
+    ok = records.codes == OK
+    delivered = int(np.count_nonzero(ok & (records.done >= warmup_s) & (records.done < end)))
+    latencies_ms = (records.done - records.scheduled)[due & ok] * 1e3
+    codes, counts = np.unique(records.codes[due & ~ok], return_counts=True)
+    errors = {
+        STATUS_NAMES.get(int(c), str(int(c))): int(n) for c, n in zip(codes, counts, strict=True)
+    }
+    return {
+        "requests": int(np.count_nonzero(due)),
+        "successes": int(latencies_ms.size),
+        "error_count": sum(errors.values()),
+        "errors": errors,
+        "throughput_rps": delivered / duration_s,
+        "images_per_s": delivered * batch / duration_s,
+        **latency_summary(latencies_ms),
+    }
+
+
+def latency_summary(latencies_ms: np.ndarray) -> dict[str, float | None]:
+    """Mean, p50/p90/p99/p99.9 and max in milliseconds (None when nothing succeeded)."""
+    if latencies_ms.size == 0:
+        return {"mean_ms": None, **dict.fromkeys(PERCENTILES), "max_ms": None}
+    # "higher" picks an observed latency, never an interpolation between two.
+    values = np.percentile(latencies_ms, list(PERCENTILES.values()), method="higher")
+    return {
+        "mean_ms": float(latencies_ms.mean()),
+        **{key: float(v) for key, v in zip(PERCENTILES, values, strict=True)},
+        "max_ms": float(latencies_ms.max()),
+    }

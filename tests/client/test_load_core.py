@@ -1,0 +1,141 @@
+"""The load tester's pure parts: splitting, arrivals, loops, statistics, report."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from client.channel import Connection
+from client.load import LoadSettings, format_table, plan_loads, write_plot
+from client.loadgen import GeneratorJob, arrival_times, closed_loop, open_loop, split_load
+from client.stats import Records, latency_summary, summarise
+from zoo.errors import InvalidArgumentError
+
+JOB = GeneratorJob(index=0, connection=Connection(("127.0.0.1:1",)), requests=(), end_s=10.0)
+
+
+def test_concurrency_is_split_whole_and_rates_interleave() -> None:
+    assert [c for c, _, _ in split_load(3, 8, None)] == [3, 3, 2]
+    shares = split_load(4, None, 100.0)
+    assert [r for _, r, _ in shares] == [25.0] * 4
+    assert [o for _, _, o in shares] == pytest.approx([0.0, 0.01, 0.02, 0.03])
+
+
+def test_fixed_arrivals_are_even_and_poisson_ones_have_the_rate() -> None:
+    fixed = list(arrival_times(GeneratorJob(**{**JOB.__dict__, "rate": 50.0, "offset_s": 0.005})))
+    assert len(fixed) == 500 and np.allclose(np.diff(fixed), 0.02)
+    poisson = np.array(
+        list(arrival_times(GeneratorJob(**{**JOB.__dict__, "rate": 200.0, "poisson": True})))
+    )
+    gaps = np.diff(poisson)
+    assert abs(len(poisson) - 2000) < 200  # Poisson count: sd ~45
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.1)  # exponential: cv = 1
+
+
+def test_closed_loop_keeps_concurrency_in_flight() -> None:
+    in_flight, peak, sent = 0, 0, []
+
+    async def send(n: int, due: float) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        sent.append(n)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+
+    start = time.monotonic()
+    asyncio.run(closed_loop(send, 4, 0.2, lambda: time.monotonic() - start))
+    assert peak == 4 and len(sent) >= 40 and len(set(sent)) == len(sent)
+
+
+def test_open_loop_does_not_wait_for_slow_replies() -> None:
+    due_times: list[float] = []
+
+    async def send(n: int, due: float) -> None:
+        due_times.append(due)
+        await asyncio.sleep(0.3)  # far slower than the 10 ms arrival gap
+
+    start = time.monotonic()
+    asyncio.run(open_loop(send, iter(np.arange(0.0, 0.2, 0.01)), lambda: time.monotonic() - start))
+    assert len(due_times) == 20 and time.monotonic() - start < 0.6
+
+
+def test_summary_counts_the_window_and_measures_from_schedule() -> None:
+    # Requests due every 0.1 s for 3 s, each taking 0.05 s, except errors at 1.5 and 2.5 s;
+    # warm-up 1 s, window 1..3 s.
+    scheduled = np.arange(0.0, 3.0, 0.1)
+    done = scheduled + 0.05
+    codes = np.zeros(len(scheduled), np.int32)
+    codes[[15, 25]] = 8  # RESOURCE_EXHAUSTED
+    summary = summarise(Records(scheduled, done, codes), warmup_s=1.0, duration_s=2.0, batch=4)
+    assert summary["requests"] == 20 and summary["successes"] == 18
+    assert summary["errors"] == {"RESOURCE_EXHAUSTED": 2} and summary["error_count"] == 2
+    assert summary["throughput_rps"] == pytest.approx(9.0, abs=0.5)
+    assert summary["images_per_s"] == pytest.approx(4 * summary["throughput_rps"])
+    assert summary["p50_ms"] == pytest.approx(50.0) and summary["max_ms"] == pytest.approx(50.0)
+
+
+def test_percentiles_are_ordered_and_observed() -> None:
+    latencies = np.random.default_rng(0).lognormal(0.0, 1.0, 10_000)
+    summary = latency_summary(latencies)
+    order = [summary[k] for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")]
+    assert order == sorted(order) and all(v in latencies for v in order)
+    assert latency_summary(np.array([]))["p99_ms"] is None
+
+
+def settings(**fields: object) -> LoadSettings:
+    return LoadSettings(model="m", **fields)
+
+
+def test_plan_loads() -> None:
+    assert plan_loads(settings()) == [(1, None)]
+    assert plan_loads(settings(rate=50.0, poisson=True)) == [(None, 50.0)]
+    assert plan_loads(settings(sweep=[1, 8, 32])) == [(1, None), (8, None), (32, None)]
+    assert plan_loads(settings(rate=1, sweep=[100, 200])) == [(None, 100.0), (None, 200.0)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"concurrency": 2, "rate": 5.0}, "not both"),
+        ({"poisson": True}, "--poisson needs --rate"),
+        ({"sweep": [1, 2.5]}, "whole concurrencies"),
+    ],
+)
+def test_plan_loads_refuses_contradictions(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        plan_loads(settings(**fields))
+
+
+RUN = {
+    "mode": "closed",
+    "concurrency": 8,
+    "rate": None,
+    "throughput_rps": 1234.5,
+    "images_per_s": 1234.5,
+    "p50_ms": 1.0,
+    "p90_ms": 2.0,
+    "p99_ms": 3.0,
+    "p999_ms": 4.0,
+    "max_ms": 5.0,
+    "errors": {"UNAVAILABLE": 2},
+}
+
+
+def test_table_and_plot(tmp_path) -> None:
+    table = format_table(
+        [RUN, {**RUN, "concurrency": None, "mode": "poisson", "rate": 100.0, "errors": {}}]
+    )
+    assert (
+        "c=8" in table
+        and "1,234.5" in table
+        and "UNAVAILABLE 2" in table
+        and "poisson 100/s" in table
+    )
+    write_plot(
+        [RUN, {**RUN, "concurrency": 16, "throughput_rps": 2000.0}], tmp_path / "sweep.png", "m"
+    )
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,259 @@
+"""Dynamic batching without a scheduler thread: the caller that finds the model idle runs.
+
+A request that arrives while the model is idle runs at once, on its own thread: no
+hand-off to a scheduler and no waiting (the Python gRPC stack is the bottleneck at
+batch 1, see FACTS.md). Requests that arrive while a session call is running queue;
+when the call ends, its runner hands the lead to the oldest queued request, whose
+thread takes as many queued requests as fit in `max_batch_size`, waits up to
+`max_queue_delay` for a preferred batch size, and runs them as one session call.
+So batches form exactly when the model is busy, the only time they help.
+
+Past `max_queue_size` queued requests a request gets RESOURCE_EXHAUSTED; one whose
+deadline passes while queued is dropped, not computed; a cancelled one leaves the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from server.stats import BatchTiming
+from zoo.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    ResourceExhaustedError,
+    ZooError,
+)
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+class ModelExecutionError(ZooError):
+    """The session call itself failed: the server's fault, not the client's."""
+
+    code = "INTERNAL"
+
+
+class CallContext(Protocol):
+    """What the batcher needs of an RPC (grpc.ServicerContext has it)."""
+
+    def time_remaining(self) -> float | None: ...
+
+    def add_callback(self, callback: Callable[[], None]) -> bool: ...
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    outputs: list[np.ndarray]
+    queue_ns: int
+    timing: BatchTiming
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    size: int
+    deadline: float | None  # time.monotonic()
+    arrived_ns: int
+    done: threading.Event = field(default_factory=threading.Event)
+    queued: bool = False
+    lead: bool = False
+    error: ZooError | None = None
+    result: BatchResult | None = None
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def fail(self, error: ZooError) -> None:
+        self.error = error
+        self.done.set()
+
+    def outcome(self) -> BatchResult:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def _deadline(ctx: CallContext | None) -> float | None:
+    remaining = ctx.time_remaining() if ctx is not None else None
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _shape_key(inputs: dict[str, np.ndarray]) -> tuple[tuple[int, ...], ...]:
+    # Only requests whose non-batch dimensions agree can be concatenated.
+    return tuple(a.shape[1:] for a in inputs.values())
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch_size: int,
+        batching: bool,
+        preferred_batch_sizes: tuple[int, ...] = (),
+        max_queue_delay_s: float = 0.0,
+        max_queue_size: int = 0,
+        on_execution: Callable[[int, BatchTiming], None] = lambda size, timing: None,
+    ) -> None:
+        self._run = run
+        # A model without a batch dimension (max_batch_size 0) runs one request per call.
+        self._batching = batching and max_batch_size > 0
+        self._max_batch_size = max(max_batch_size, 1)
+        self._preferred = frozenset(preferred_batch_sizes)
+        self._max_delay = max_queue_delay_s
+        self._max_queue_size = max_queue_size
+        self._on_execution = on_execution
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._queue: deque[_Pending] = deque()
+        self._busy = False
+        self._gathering = False
+
+    def submit(
+        self, inputs: dict[str, np.ndarray], size: int, ctx: CallContext | None = None
+    ) -> BatchResult:
+        """Run `inputs` (batch `size`), alone or batched with others; blocks until done."""
+        pending = _Pending(inputs, size, _deadline(ctx), time.perf_counter_ns())
+        with self._lock:
+            leads = not self._busy
+            if leads:
+                self._busy = True
+            else:
+                self._enqueue(pending)
+        if not leads:
+            if ctx is not None:
+                ctx.add_callback(lambda: self._withdraw(pending, "cancelled"))
+            self._await(pending)
+            if not pending.lead:
+                return pending.outcome()
+        self._lead(pending)
+        return pending.outcome()
+
+    def _enqueue(self, pending: _Pending) -> None:
+        if self._max_queue_size and len(self._queue) >= self._max_queue_size:
+            raise ResourceExhaustedError(
+                f"queue full: {len(self._queue)} requests waiting (max_queue_size "
+                f"{self._max_queue_size}); retry later"
+            )
+        pending.queued = True
+        self._queue.append(pending)
+        if self._gathering:
+            self._arrived.notify()
+
+    def _await(self, pending: _Pending) -> None:
+        timeout = None if pending.deadline is None else max(pending.deadline - time.monotonic(), 0)
+        if not pending.done.wait(timeout):
+            self._withdraw(pending, "deadline")
+            pending.done.wait()  # already taken into a batch: it finishes soon
+
+    def _withdraw(self, pending: _Pending, why: str) -> None:
+        with self._lock:
+            if not pending.queued:
+                return
+            self._queue.remove(pending)
+            pending.queued = False
+        if why == "deadline":
+            pending.fail(DeadlineExceededError("deadline exceeded while queued; not computed"))
+        else:
+            pending.fail(CancelledError("request cancelled while queued; not computed"))
+
+    def _lead(self, first: _Pending) -> None:
+        """Run one batch headed by `first`, then hand the lead on (or go idle)."""
+        batch: list[_Pending] = []
+        if first.expired():
+            first.fail(DeadlineExceededError("deadline exceeded while queued; not computed"))
+        else:
+            batch.append(first)
+        with self._lock:
+            size = self._fill(batch)
+            # Wait for a preferred size only when requests are queueing, never when idle.
+            if first.lead and self._batching and self._max_delay:
+                size = self._gather(batch, size)
+        try:
+            if batch:
+                self._execute(batch, size)
+        finally:
+            self._hand_off()
+
+    def _fill(self, batch: list[_Pending]) -> int:
+        size = sum(p.size for p in batch)
+        key = _shape_key(batch[0].inputs) if batch else None
+        while self._batching and self._queue:
+            head = self._queue[0]
+            if size + head.size > self._max_batch_size:
+                break
+            if key is not None and _shape_key(head.inputs) != key:
+                break
+            self._queue.popleft()
+            head.queued = False
+            if head.expired():
+                head.fail(DeadlineExceededError("deadline exceeded while queued; not computed"))
+                continue
+            batch.append(head)
+            key = key or _shape_key(head.inputs)
+            size += head.size
+        return size
+
+    def _enough(self, size: int) -> bool:
+        if size >= self._max_batch_size or size in self._preferred:
+            return True
+        return bool(self._preferred) and size >= max(self._preferred)
+
+    def _gather(self, batch: list[_Pending], size: int) -> int:
+        until = time.monotonic() + self._max_delay
+        self._gathering = True
+        try:
+            while not self._enough(size) and (left := until - time.monotonic()) > 0:
+                self._arrived.wait(left)
+                size = self._fill(batch)
+        finally:
+            self._gathering = False
+        return size
+
+    def _execute(self, batch: list[_Pending], size: int) -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            if len(batch) == 1:
+                feeds = batch[0].inputs
+            else:
+                feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
+            t1 = time.perf_counter_ns()
+            outputs = self._run(feeds)
+        except Exception as error:  # onnxruntime's errors are untyped
+            log.exception("session call failed for a batch of %d", size)
+            for p in batch:
+                p.fail(ModelExecutionError(f"model execution failed: {error}"))
+            return
+        t2 = time.perf_counter_ns()
+        offset = 0
+        parts = []
+        for p in batch:
+            parts.append([o[offset : offset + p.size] for o in outputs])
+            offset += p.size
+        timing = BatchTiming(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
+        self._on_execution(size, timing)
+        for p, outs in zip(batch, parts, strict=True):
+            p.result = BatchResult(outs, t0 - p.arrived_ns, timing, size)
+            p.done.set()
+
+    def _hand_off(self) -> None:
+        with self._lock:
+            if not self._queue:
+                self._busy = False
+                return
+            successor = self._queue.popleft()
+            successor.queued = False
+            successor.lead = True
+        successor.done.set()

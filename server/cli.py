@@ -1,0 +1,56 @@
+"""`zoo serve`: serve a model repository over gRPC (KServe v2 / Triton)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from server.app import ZooServer, serve
+from server.settings import ServeSettings
+from zoo.settings import add_settings_arguments, settings_from_args
+
+log = logging.getLogger(__name__)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def _announce(server: ZooServer) -> None:
+    # The one line of CLI output: scripts and tests read the bound ports from it.
+    metrics = f", metrics on port {server.metrics_port}" if server.metrics_port else ""
+    print(f"zoo serve: ready on {server.settings.host}:{server.port}{metrics}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="zoo serve",
+        description="Serve a model repository over gRPC (KServe v2 / Triton protocol).",
+    )
+    add_settings_arguments(parser, ServeSettings)
+    settings = settings_from_args(ServeSettings, parser.parse_args(argv))
+    configure_logging(settings.log_format, settings.log_level)
+    log.info("settings: %s", settings.model_dump_json())
+    return serve(settings, on_ready=_announce)

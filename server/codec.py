@@ -1,0 +1,150 @@
+"""Tensors between KServe v2 messages and numpy: raw bytes or typed contents.
+
+Raw contents are decoded with `np.frombuffer` (no copy); every check says what the
+model expects and what arrived, as an InvalidArgumentError.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from proto.grpc_service_pb2 import ModelInferRequest, ModelInferResponse
+from zoo.errors import InvalidArgumentError
+
+# KServe v2 datatype -> (numpy dtype, InferTensorContents field). Little-endian on
+# the wire, whatever the host. FP16/BF16 travel only as raw bytes; BF16 and BYTES
+# have no numpy type here and are refused at model load.
+DATATYPES: dict[str, tuple[np.dtype, str | None]] = {
+    "BOOL": (np.dtype("?"), "bool_contents"),
+    "UINT8": (np.dtype("u1"), "uint_contents"),
+    "UINT16": (np.dtype("<u2"), "uint_contents"),
+    "UINT32": (np.dtype("<u4"), "uint_contents"),
+    "UINT64": (np.dtype("<u8"), "uint64_contents"),
+    "INT8": (np.dtype("i1"), "int_contents"),
+    "INT16": (np.dtype("<i2"), "int_contents"),
+    "INT32": (np.dtype("<i4"), "int_contents"),
+    "INT64": (np.dtype("<i8"), "int64_contents"),
+    "FP16": (np.dtype("<f2"), None),
+    "FP32": (np.dtype("<f4"), "fp32_contents"),
+    "FP64": (np.dtype("<f8"), "fp64_contents"),
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the protocol sees it: shape with -1 for any size."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return DATATYPES[self.datatype][0]
+
+
+def _check_shape(spec: TensorSpec, shape: Sequence[int], max_batch_size: int) -> None:
+    if len(shape) != len(spec.shape) or any(
+        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
+    ):
+        raise InvalidArgumentError(
+            f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(shape)}"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidArgumentError(f"input {spec.name!r}: negative dimension in {list(shape)}")
+    if max_batch_size and not 1 <= shape[0] <= max_batch_size:
+        raise InvalidArgumentError(
+            f"input {spec.name!r}: batch size {shape[0]} outside 1..{max_batch_size} "
+            "(the model's max_batch_size)"
+        )
+
+
+def _typed(spec: TensorSpec, tensor: ModelInferRequest.InferInputTensor, count: int) -> np.ndarray:
+    dtype, field = DATATYPES[spec.datatype]
+    if field is None:
+        raise InvalidArgumentError(f"input {spec.name!r}: send {spec.datatype} as raw bytes")
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidArgumentError(
+            f"input {spec.name!r}: expected {count} values in contents.{field}, got {len(values)}"
+        )
+    return np.array(values, dtype=dtype)
+
+
+def _raw(spec: TensorSpec, raw: bytes, count: int) -> np.ndarray:
+    expected = count * spec.dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidArgumentError(
+            f"input {spec.name!r}: expected {expected} bytes of raw contents, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=spec.dtype)
+
+
+def _raw_contents(request: ModelInferRequest) -> Sequence[bytes] | None:
+    raw = request.raw_input_contents
+    if not raw:
+        return None
+    if len(raw) != len(request.inputs):
+        raise InvalidArgumentError(
+            f"expected one raw_input_contents per input ({len(request.inputs)}), got {len(raw)}"
+        )
+    if any(t.HasField("contents") for t in request.inputs):
+        raise InvalidArgumentError("inputs carry both raw_input_contents and typed contents")
+    return raw
+
+
+def decode_inputs(
+    request: ModelInferRequest, specs: dict[str, TensorSpec], max_batch_size: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """The request's inputs as arrays, checked against the model; and the batch size."""
+    raw = _raw_contents(request)
+    arrays: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        spec = specs.get(tensor.name)
+        if spec is None:
+            raise InvalidArgumentError(
+                f"unknown input {tensor.name!r}: the model's inputs are {sorted(specs)}"
+            )
+        if tensor.datatype != spec.datatype:
+            raise InvalidArgumentError(
+                f"input {spec.name!r}: expected datatype {spec.datatype}, got {tensor.datatype!r}"
+            )
+        _check_shape(spec, tensor.shape, max_batch_size)
+        count = math.prod(tensor.shape)
+        flat = _raw(spec, raw[i], count) if raw is not None else _typed(spec, tensor, count)
+        arrays[spec.name] = flat.reshape(tensor.shape)
+    if len(arrays) != len(specs):
+        missing = sorted(set(specs) - set(arrays))
+        raise InvalidArgumentError(f"missing inputs {missing} (or one given twice)")
+    batch = len(next(iter(arrays.values()))) if max_batch_size else 1
+    if max_batch_size and any(len(a) != batch for a in arrays.values()):
+        raise InvalidArgumentError("inputs disagree on the batch size (their first dimension)")
+    return arrays, batch
+
+
+def requested_outputs(request: ModelInferRequest, outputs: dict[str, int]) -> list[int]:
+    """Indices (into the model's outputs) of the outputs to return, in the requested order."""
+    if not request.outputs:
+        return list(outputs.values())
+    try:
+        return [outputs[o.name] for o in request.outputs]
+    except KeyError as error:
+        raise InvalidArgumentError(
+            f"unknown output {error.args[0]!r}: the model's outputs are {sorted(outputs)}"
+        ) from None
+
+
+def encode_outputs(
+    response: ModelInferResponse, specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]
+) -> None:
+    """Append outputs as raw_output_contents: tritonclient's as_numpy reads only those."""
+    for spec, array in zip(specs, arrays, strict=True):
+        out = response.outputs.add()
+        out.name = spec.name
+        out.datatype = spec.datatype
+        out.shape.extend(array.shape)
+        response.raw_output_contents.append(np.ascontiguousarray(array, spec.dtype).tobytes())

@@ -1,0 +1,172 @@
+"""The server's protocol operations on protobuf messages, free of grpc.
+
+The servicer calls one method per RPC; errors are ZooErrors whose `code` the gRPC
+layer maps to a status in its one table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from proto.grpc_service_pb2 import (
+    InferBatchStatistics,
+    InferStatistics,
+    ModelConfigResponse,
+    ModelInferRequest,
+    ModelInferResponse,
+    ModelMetadataResponse,
+    ModelStatistics,
+    ModelStatisticsResponse,
+    RepositoryIndexResponse,
+    ServerMetadataResponse,
+    StatisticDuration,
+)
+from proto.model_config_pb2 import ModelConfig
+from server.batcher import CallContext
+from server.manager import ModelManager
+from server.metrics import ServerMetrics
+from server.model import LoadedModel
+from server.runtime import create_session, resolve_providers, session_options
+from server.settings import ServeSettings
+from server.stats import Duration
+from zoo.errors import FailedPreconditionError, ZooError
+from zoo.repository import model_file
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "modelzoo"
+# What perf_analyzer and tritonclient look for: "statistics" makes perf_analyzer
+# call ModelStatistics.
+EXTENSIONS = ("model_repository", "model_configuration", "statistics")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("modelzoo")
+    except metadata.PackageNotFoundError:  # run from a checkout without installing
+        return "0.1.0"
+
+
+def _duration(d: Duration) -> StatisticDuration:
+    return StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _statistics(model: LoadedModel) -> ModelStatistics:
+    s = model.stats
+    with s.lock:
+        return ModelStatistics(
+            name=model.name,
+            version=model.version,
+            last_inference=s.last_inference_ms,
+            inference_count=s.inference_count,
+            execution_count=s.execution_count,
+            inference_stats=InferStatistics(
+                success=_duration(s.success),
+                fail=_duration(s.fail),
+                queue=_duration(s.queue),
+                compute_input=_duration(s.compute_input),
+                compute_infer=_duration(s.compute_infer),
+                compute_output=_duration(s.compute_output),
+            ),
+            batch_stats=[
+                InferBatchStatistics(
+                    batch_size=size,
+                    compute_input=_duration(b.compute_input),
+                    compute_infer=_duration(b.compute_infer),
+                    compute_output=_duration(b.compute_output),
+                )
+                for size, b in sorted(s.batches.items())
+            ],
+        )
+
+
+class InferenceCore:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        on_change: Callable[[str, bool], None] = lambda name, ready: None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self._providers = resolve_providers(settings.device)
+        self._options = session_options(settings.intra_op_threads, settings.inter_op_threads)
+        self.manager = ModelManager(settings.repository, self._load, on_change)
+        self.ready = False
+        self._metadata = ServerMetadataResponse(
+            name=SERVER_NAME, version=_version(), extensions=EXTENSIONS
+        )
+
+    def _load(self, model_dir: Path, version: int, config: ModelConfig) -> LoadedModel:
+        session = create_session(
+            model_file(model_dir, version, config),
+            self._providers,
+            self._options,
+            require_gpu=self.settings.device == "cuda",
+        )
+        return LoadedModel(model_dir, version, config, session, self.metrics)
+
+    def start(self) -> None:
+        """Load every model (failures are recorded, not raised), then start polling."""
+        self.manager.scan()
+        if self.settings.poll_interval > 0:
+            self.manager.start_polling(self.settings.poll_interval)
+        self.ready = True
+
+    def stop(self) -> None:
+        self.ready = False
+        self.manager.stop()
+
+    def server_metadata(self) -> ServerMetadataResponse:
+        return self._metadata
+
+    def model_ready(self, name: str, version: str) -> bool:
+        try:
+            self.manager.get(name, version)
+        except ZooError:
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str) -> ModelMetadataResponse:
+        return self.manager.get(name, version).metadata_reply
+
+    def model_config(self, name: str, version: str) -> ModelConfigResponse:
+        return self.manager.get(name, version).config_reply
+
+    def infer(self, request: ModelInferRequest, ctx: CallContext | None) -> ModelInferResponse:
+        return self.manager.get(request.model_name, request.model_version).infer(request, ctx)
+
+    def statistics(self, name: str, version: str) -> ModelStatisticsResponse:
+        if not name:
+            models = self.manager.loaded()
+        elif version:
+            models = [self.manager.get(name, version)]
+        else:
+            models = self.manager.versions_of(name)
+        return ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
+
+    def repository_index(self, ready_only: bool) -> RepositoryIndexResponse:
+        entries = [
+            RepositoryIndexResponse.ModelIndex(
+                name=name, version=version, state=s.state, reason=s.reason
+            )
+            for name, version, s in self.manager.index()
+            if not ready_only or s.state == "READY"
+        ]
+        return RepositoryIndexResponse(models=entries)
+
+    def _check_model_control(self) -> None:
+        if not self.settings.allow_model_control:
+            raise FailedPreconditionError(
+                "model control is off: start the server with --allow-model-control"
+            )
+
+    def load(self, name: str) -> None:
+        self._check_model_control()
+        self.manager.load(name)
+
+    def unload(self, name: str) -> None:
+        self._check_model_control()
+        self.manager.unload(name)

@@ -1,0 +1,237 @@
+"""The models being served: scanning the repository, loading and swapping versions.
+
+Readers never lock: each model's entry is an immutable snapshot replaced whole. A
+request holds a reference to its LoadedModel, so a version swapped out or removed
+keeps its session until its in-flight requests finish, then is garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proto.model_config_pb2 import ModelConfig
+from server.model import LoadedModel
+from zoo.errors import FailedPreconditionError, NotFoundError, UnavailableError, ZooError
+from zoo.repository import (
+    CONFIG_FILENAME,
+    list_models,
+    list_versions,
+    model_file,
+    read_model_config,
+)
+
+log = logging.getLogger(__name__)
+
+READY, UNAVAILABLE = "READY", "UNAVAILABLE"
+Loader = Callable[[Path, int, ModelConfig], LoadedModel]
+Stamp = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class VersionState:
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One model's snapshot. `states` has "" for a model-level problem (a bad config)."""
+
+    versions: dict[int, LoadedModel] = field(default_factory=dict)
+    stamps: dict[int, Stamp] = field(default_factory=dict)
+    states: dict[str, VersionState] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> LoadedModel | None:
+        return self.versions[max(self.versions)] if self.versions else None
+
+    def reason(self) -> str:
+        return "; ".join(f"{v or 'model'}: {s.reason}" for v, s in self.states.items() if s.reason)
+
+
+def _stamp(model_dir: Path, version: int, config: ModelConfig) -> Stamp:
+    # A changed config or model file (time or size) means a reload.
+    cfg = (model_dir / CONFIG_FILENAME).stat()
+    try:
+        onnx = model_file(model_dir, version, config).stat()
+    except FileNotFoundError:
+        return (cfg.st_mtime_ns, cfg.st_size, 0, 0)
+    return (cfg.st_mtime_ns, cfg.st_size, onnx.st_mtime_ns, onnx.st_size)
+
+
+class ModelManager:
+    def __init__(
+        self,
+        repository: Path,
+        loader: Loader,
+        on_change: Callable[[str, bool], None] = lambda name, ready: None,
+    ) -> None:
+        self.repository = Path(repository)
+        self._loader = loader
+        self._on_change = on_change
+        self._entries: dict[str, _Entry] = {}
+        self._unloaded: set[str] = set()  # unloaded on request: polling leaves them alone
+        self._sync_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # -- reading (any thread, no lock) --
+
+    def get(self, name: str, version: str = "") -> LoadedModel:
+        """The model to serve `name`/`version` ("" is the highest ready version)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise NotFoundError(f"unknown model {name!r}; served models: {sorted(self._entries)}")
+        model = entry.latest if not version else entry.versions.get(_parse(version))
+        if model is not None:
+            return model
+        state = entry.states.get(version)
+        if not version or state is not None:
+            raise UnavailableError(
+                f"model {name!r} version {version!r} is not ready: {entry.reason()}"
+            )
+        raise NotFoundError(
+            f"model {name!r} has no version {version!r}; ready versions: "
+            f"{[str(v) for v in sorted(entry.versions)]}"
+        )
+
+    def loaded(self) -> list[LoadedModel]:
+        return [m for e in list(self._entries.values()) for _, m in sorted(e.versions.items())]
+
+    def versions_of(self, name: str) -> list[LoadedModel]:
+        self.get(name)  # raises NOT_FOUND / UNAVAILABLE with the reason
+        return [m for _, m in sorted(self._entries[name].versions.items())]
+
+    def index(self) -> list[tuple[str, str, VersionState]]:
+        """(name, version, state) for every model and version known, failed ones included."""
+        return [
+            (name, version, state)
+            for name, entry in sorted(self._entries.items())
+            for version, state in sorted(entry.states.items())
+        ]
+
+    # -- changing (serialised) --
+
+    def scan(self) -> None:
+        """Load what is new or changed in the repository, unload what is gone."""
+        present = set(list_models(self.repository))
+        for name in sorted((present | set(self._entries)) - self._unloaded):
+            self.sync(name)
+
+    def sync(self, name: str) -> None:
+        with self._sync_lock:
+            self._sync(name)
+
+    def load(self, name: str) -> None:
+        """Load or reload `name` on request; raise with the reason when it cannot be served."""
+        if not (self.repository / name).is_dir():
+            raise NotFoundError(f"no model {name!r} in {self.repository}")
+        with self._sync_lock:
+            self._unloaded.discard(name)
+            self._sync(name)
+        entry = self._entries[name]
+        if not entry.versions:
+            raise FailedPreconditionError(f"model {name!r} failed to load: {entry.reason()}")
+
+    def unload(self, name: str) -> None:
+        with self._sync_lock:
+            if name not in self._entries:
+                raise NotFoundError(f"unknown model {name!r}")
+            self._unloaded.add(name)
+            self._publish(name, _Entry(states={"": VersionState(UNAVAILABLE, "unloaded")}))
+        log.info("unloaded %s", name)
+
+    def _sync(self, name: str) -> None:
+        model_dir = self.repository / name
+        old = self._entries.get(name, _Entry())
+        if not model_dir.is_dir():
+            if old.versions:
+                log.info("%s removed from the repository: unloading", name)
+            self._publish(name, None)
+            return
+        try:
+            config = read_model_config(model_dir)
+            policy = config.version_policy if config.HasField("version_policy") else None
+            wanted = list_versions(model_dir, policy)
+            if not wanted:
+                raise NotFoundError(f"no version folder such as {model_dir}/1/")
+        except ZooError as error:
+            log.error("model %s: %s", name, error)
+            states = {str(v): VersionState(READY) for v in old.versions}
+            states[""] = VersionState(UNAVAILABLE, str(error))
+            self._publish(name, _Entry(old.versions, old.stamps, states))
+            return
+        self._publish(name, self._load_versions(model_dir, config, wanted, old))
+
+    def _load_versions(
+        self, model_dir: Path, config: ModelConfig, wanted: list[int], old: _Entry
+    ) -> _Entry:
+        versions, stamps, states = {}, {}, {}
+        for version in wanted:
+            stamp = _stamp(model_dir, version, config)
+            if old.stamps.get(version) == stamp:
+                versions[version], stamps[version] = old.versions[version], stamp
+                states[str(version)] = VersionState(READY)
+                continue
+            try:
+                versions[version] = self._loader(model_dir, version, _copy(config))
+            except Exception as error:  # a broken model must not stop the others
+                log.error("model %s version %d failed to load: %s", model_dir.name, version, error)
+                states[str(version)] = VersionState(UNAVAILABLE, str(error))
+                if version in old.versions:  # keep serving the previous load
+                    versions[version], stamps[version] = old.versions[version], old.stamps[version]
+                continue
+            stamps[version] = stamp
+            states[str(version)] = VersionState(READY)
+            log.info("loaded %s version %d", model_dir.name, version)
+        for version in sorted(set(old.versions) - set(versions)):
+            states[str(version)] = VersionState(UNAVAILABLE, "unloaded")
+            log.info(
+                "unloading %s version %d after its in-flight requests", model_dir.name, version
+            )
+        return _Entry(versions, stamps, states)
+
+    def _publish(self, name: str, entry: _Entry | None) -> None:
+        if entry is None:
+            self._entries.pop(name, None)
+        else:
+            ready = [str(v) for v in sorted(entry.versions)]
+            for model in entry.versions.values():
+                model.metadata_reply = model.metadata_for(ready)
+            self._entries[name] = entry
+        self._on_change(name, entry is not None and bool(entry.versions))
+
+    # -- polling --
+
+    def start_polling(self, interval: float) -> None:
+        self._poller = threading.Thread(
+            target=self._poll, args=(interval,), name="repository-poll", daemon=True
+        )
+        self._poller.start()
+
+    def _poll(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.scan()
+            except ZooError as error:  # e.g. the repository folder itself vanished
+                log.error("repository scan failed: %s", error)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+
+
+def _parse(version: str) -> int:
+    return int(version) if version.isdigit() else -1
+
+
+def _copy(config: ModelConfig) -> ModelConfig:
+    # Each version gets its own config: loading completes it from its graph.
+    copy = ModelConfig()
+    copy.CopyFrom(config)
+    return copy

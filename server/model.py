@@ -1,0 +1,202 @@
+"""One loaded model version: its onnxruntime session, batcher, statistics and the
+metadata/config replies, built once at load instead of per request."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+
+from proto.grpc_service_pb2 import (
+    ModelConfigResponse,
+    ModelInferRequest,
+    ModelInferResponse,
+    ModelMetadataResponse,
+)
+from proto.model_config_pb2 import ModelConfig, ModelInput, ModelOutput
+from server.batcher import CallContext, DynamicBatcher
+from server.codec import DATATYPES, TensorSpec, decode_inputs, encode_outputs, requested_outputs
+from server.metrics import ServerMetrics
+from server.stats import BatchTiming, ModelStats
+from zoo.card import CARD_METADATA_KEY
+from zoo.errors import InvalidArgumentError, ZooError
+from zoo.repository import datatype_from_kserve, kserve_datatype, read_card
+
+# onnxruntime's type strings -> KServe v2 datatypes.
+ORT_DATATYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+}
+PLATFORMS = ("onnxruntime_onnx", "")
+BACKENDS = ("onnxruntime", "")
+
+
+def _ort_spec(arg: ort.NodeArg) -> TensorSpec:
+    datatype = ORT_DATATYPES.get(arg.type)
+    if datatype is None:
+        raise InvalidArgumentError(f"{arg.name!r} has type {arg.type}, which we cannot serve")
+    # Symbolic ('batch') or unknown dimensions are variable: -1.
+    return TensorSpec(arg.name, datatype, tuple(d if isinstance(d, int) else -1 for d in arg.shape))
+
+
+def _config_spec(tensor: ModelInput | ModelOutput, max_batch_size: int) -> TensorSpec:
+    datatype = kserve_datatype(tensor.data_type)
+    if datatype not in DATATYPES:
+        raise InvalidArgumentError(f"{tensor.name!r}: data type {datatype} is not supported")
+    batch = (-1,) if max_batch_size > 0 else ()
+    return TensorSpec(tensor.name, datatype, batch + tuple(tensor.dims))
+
+
+def _matching(config: list[TensorSpec], graph: list[TensorSpec], kind: str) -> None:
+    """Each configured tensor must exist in the graph with the same type and a compatible shape."""
+    by_name = {s.name: s for s in graph}
+    for spec in config:
+        have = by_name.get(spec.name)
+        if have is None:
+            raise InvalidArgumentError(
+                f"config {kind} {spec.name!r} is not in the model (it has {sorted(by_name)})"
+            )
+        compatible = len(have.shape) == len(spec.shape) and all(
+            -1 in (a, b) or a == b for a, b in zip(have.shape, spec.shape, strict=True)
+        )
+        if have.datatype != spec.datatype or not compatible:
+            raise InvalidArgumentError(
+                f"config {kind} {spec.name!r}: config says {spec.datatype} {list(spec.shape)}, "
+                f"the model has {have.datatype} {list(have.shape)}"
+            )
+
+
+def complete_config(config: ModelConfig, session: ort.InferenceSession) -> None:
+    """Fill inputs/outputs the config leaves out from the graph, as Triton's auto-complete."""
+    drop = 1 if config.max_batch_size > 0 else 0
+    pairs = ((config.input, session.get_inputs()), (config.output, session.get_outputs()))
+    for target, args in pairs:
+        if len(target) == 0:
+            for spec in map(_ort_spec, args):
+                target.add(
+                    name=spec.name,
+                    data_type=datatype_from_kserve(spec.datatype),
+                    dims=list(spec.shape[drop:]),
+                )
+
+
+def _card_json(model_dir: Path, session: ort.InferenceSession) -> str | None:
+    card = read_card(model_dir)
+    if card is not None:
+        return card.to_json()
+    return session.get_modelmeta().custom_metadata_map.get(CARD_METADATA_KEY)
+
+
+class LoadedModel:
+    """A ready model version. Immutable once built, except `metadata_reply`'s versions."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        version: int,
+        config: ModelConfig,
+        session: ort.InferenceSession,
+        metrics: ServerMetrics,
+    ) -> None:
+        if config.platform not in PLATFORMS or config.backend not in BACKENDS:
+            raise InvalidArgumentError(
+                f"platform {config.platform!r} / backend {config.backend!r}: we serve only "
+                "onnxruntime_onnx"
+            )
+        complete_config(config, session)
+        self.name = config.name
+        self.version = str(version)
+        self.max_batch_size = config.max_batch_size
+        self.session = session
+        inputs = [_config_spec(t, config.max_batch_size) for t in config.input]
+        outputs = [_config_spec(t, config.max_batch_size) for t in config.output]
+        _matching(inputs, [_ort_spec(a) for a in session.get_inputs()], "input")
+        _matching(outputs, [_ort_spec(a) for a in session.get_outputs()], "output")
+        self.inputs = {s.name: s for s in inputs}
+        self.outputs = outputs
+        self.output_index = {s.name: i for i, s in enumerate(outputs)}
+        self._output_names = [s.name for s in outputs]
+        self.stats = ModelStats()
+        self.metrics = metrics.for_model(self.name, self.version)
+        self.batcher = self._batcher(config)
+        self.config_reply = self._config_reply(config, _card_json(model_dir, session))
+        self.metadata_reply = self.metadata_for([self.version])
+
+    def _batcher(self, config: ModelConfig) -> DynamicBatcher:
+        batching = config.dynamic_batching
+        return DynamicBatcher(
+            self._run,
+            max_batch_size=config.max_batch_size,
+            batching=config.HasField("dynamic_batching"),
+            preferred_batch_sizes=tuple(batching.preferred_batch_size),
+            max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
+            max_queue_size=batching.default_queue_policy.max_queue_size,
+            on_execution=self._executed,
+        )
+
+    def _executed(self, size: int, timing: BatchTiming) -> None:
+        self.stats.record_execution(size, timing)
+        self.metrics.batch_size.observe(size)
+
+    @staticmethod
+    def _config_reply(config: ModelConfig, card_json: str | None) -> ModelConfigResponse:
+        reply = ModelConfigResponse(config=config)
+        if card_json is not None:
+            # Clients read the card here (parameters is Triton's free-form map).
+            reply.config.parameters[CARD_METADATA_KEY].string_value = card_json
+        return reply
+
+    def metadata_for(self, versions: list[str]) -> ModelMetadataResponse:
+        def tensor(s: TensorSpec) -> ModelMetadataResponse.TensorMetadata:
+            return ModelMetadataResponse.TensorMetadata(
+                name=s.name, datatype=s.datatype, shape=s.shape
+            )
+
+        return ModelMetadataResponse(
+            name=self.name,
+            versions=versions,
+            platform="onnxruntime_onnx",
+            inputs=[tensor(s) for s in self.inputs.values()],
+            outputs=[tensor(s) for s in self.outputs],
+        )
+
+    def _run(self, feeds: dict) -> list:
+        return self.session.run(self._output_names, feeds)
+
+    def infer(self, request: ModelInferRequest, ctx: CallContext | None) -> ModelInferResponse:
+        """Decode, run (batched with others), encode; statistics on the way."""
+        start = time.perf_counter_ns()
+        self.metrics.in_flight.inc()
+        try:
+            arrays, size = decode_inputs(request, self.inputs, self.max_batch_size)
+            wanted = requested_outputs(request, self.output_index)
+            result = self.batcher.submit(arrays, size, ctx)
+        except ZooError as error:
+            self.stats.record_failure(time.perf_counter_ns() - start)
+            self.metrics.failed(error.code)
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+        response = ModelInferResponse(
+            model_name=self.name, model_version=self.version, id=request.id
+        )
+        encode_outputs(
+            response, [self.outputs[i] for i in wanted], [result.outputs[i] for i in wanted]
+        )
+        elapsed = time.perf_counter_ns() - start
+        self.stats.record_success(size, elapsed, result.queue_ns, result.timing)
+        self.metrics.ok.inc()
+        self.metrics.latency.observe(elapsed / 1e9)
+        self.metrics.queue.observe(result.queue_ns / 1e9)
+        return response

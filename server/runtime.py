@@ -1,0 +1,56 @@
+"""onnxruntime sessions: execution providers from --device, thread counts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+
+from zoo.errors import FailedPreconditionError, InvalidArgumentError
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def resolve_providers(device: str) -> list[str]:
+    """Providers for `device` (cpu|cuda|auto); `cuda` without CUDA support is an error."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise FailedPreconditionError(
+            f"--device cuda: onnxruntime has no {CUDA} (providers: {', '.join(available)}); "
+            "install onnxruntime-gpu on a machine with a GPU, or use --device cpu"
+        )
+    log.info("--device auto: no %s in this onnxruntime, running on CPU", CUDA)
+    return [CPU]
+
+
+def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def create_session(
+    path: Path, providers: list[str], options: ort.SessionOptions, *, require_gpu: bool = False
+) -> ort.InferenceSession:
+    """One session for one model file; with `require_gpu` a fall-back to CPU is an error."""
+    if not path.is_file():
+        raise InvalidArgumentError(f"{path}: model file missing")
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own untyped errors
+        raise InvalidArgumentError(f"{path}: onnxruntime cannot load it: {error}") from None
+    if providers[0] == CUDA and session.get_providers()[0] != CUDA:
+        if require_gpu:
+            raise FailedPreconditionError(f"{path}: {CUDA} is installed but found no usable GPU")
+        log.info("%s: no usable GPU, running on CPU", path)
+    return session

@@ -1,0 +1,37 @@
+"""The settings of one server process (`zoo serve`): env prefix ZOO_, flags override."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from zoo.settings import ZooSettings
+
+
+class ServeSettings(ZooSettings):
+    repository: Path = Field(description="model repository in Triton's layout")
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    metrics_port: int = Field(
+        8002, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks a free one, -1 is off"
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "auto", description="onnxruntime execution provider; auto prefers CUDA, else CPU"
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime threads per session call; 0 is one per physical core"
+    )
+    inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads")
+    workers: int = Field(64, ge=1, description="gRPC worker threads (requests in flight at once)")
+    poll_interval: float = Field(
+        0.0, ge=0, description="seconds between repository rescans; 0 scans only at start"
+    )
+    allow_model_control: bool = Field(
+        False, description="accept RepositoryModelLoad/Unload requests"
+    )
+    grace: float = Field(10.0, ge=0, description="seconds in-flight requests get on SIGTERM")
+    max_message_mb: int = Field(64, ge=1, description="largest gRPC message, in MiB, each way")
+    log_format: Literal["text", "json"] = Field("text", description="log line format")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -11,23 +13,9 @@ from torch.nn.utils import parametrizations, parametrize
 from zoo.errors import ExportError
 from zoo.export.fold import bn_scale_shift, fold_into_next, fold_into_previous, fold_model
 
+Randomise = Callable[[nn.Module], nn.Module]
 # Float32 through a few layers of random weights: folding reorders products, nothing more.
 TOLERANCE = 1e-5
-
-
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine parameters (an untrained BN is an identity)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, _BatchNorm):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=generator))
-                module.running_var.copy_(torch.rand(n, generator=generator) * 2 + 0.1)
-                if module.affine:
-                    module.weight.copy_(torch.randn(n, generator=generator))
-                    module.bias.copy_(torch.randn(n, generator=generator))
-    return model.eval()
 
 
 def assert_folded_exactly(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -40,7 +28,7 @@ def assert_folded_exactly(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_fold_into_previous_linear(bias: bool) -> None:
+def test_fold_into_previous_linear(bias: bool, randomise: Randomise) -> None:
     linear, bn = nn.Linear(12, 8, bias=bias), nn.BatchNorm1d(8)
     model = randomise(nn.Sequential(linear, bn))
     weight, new_bias = fold_into_previous(
@@ -56,7 +44,7 @@ def test_fold_into_previous_linear(bias: bool) -> None:
 
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fold_into_next_conv(groups: int, bias: bool) -> None:
+def test_fold_into_next_conv(groups: int, bias: bool, randomise: Randomise) -> None:
     bn, conv = nn.BatchNorm2d(4), nn.Conv2d(4, 6, 3, groups=groups, bias=bias)
     model = randomise(nn.Sequential(bn, conv))
     weight, new_bias = fold_into_next(
@@ -89,11 +77,11 @@ class ConvNet(nn.Module):
         return self.head(self.bn_after_act(x))  # no foldable layer before: folds into the head
 
 
-def test_fold_model_conv_linear_and_after_activation() -> None:
+def test_fold_model_conv_linear_and_after_activation(randomise: Randomise) -> None:
     assert_folded_exactly(randomise(ConvNet()), torch.rand(7, 1, 28, 28))
 
 
-def test_fold_model_batchnorm_first() -> None:
+def test_fold_model_batchnorm_first(randomise: Randomise) -> None:
     # BN as the very first step, then a conv without padding: exact only into the next layer.
     model = randomise(
         nn.Sequential(
@@ -103,7 +91,7 @@ def test_fold_model_batchnorm_first() -> None:
     assert_folded_exactly(model, torch.rand(4, 1, 28, 28))
 
 
-def test_fold_model_replicate_padding_is_exact() -> None:
+def test_fold_model_replicate_padding_is_exact(randomise: Randomise) -> None:
     model = randomise(
         nn.Sequential(
             nn.ReLU(), nn.BatchNorm2d(2), nn.Conv2d(2, 3, 3, padding=1, padding_mode="replicate")
@@ -112,7 +100,7 @@ def test_fold_model_replicate_padding_is_exact() -> None:
     assert_folded_exactly(model, torch.randn(3, 2, 8, 8))
 
 
-def test_fold_model_leaves_original_untouched() -> None:
+def test_fold_model_leaves_original_untouched(randomise: Randomise) -> None:
     model = randomise(ConvNet())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fold_model(model, torch.rand(2, 1, 28, 28))
@@ -143,13 +131,13 @@ class Residual(nn.Module):
         return self.conv(self.bn(x + x.flip(3)))
 
 
-def test_unfoldable_batchnorm_is_refused_by_name() -> None:
+def test_unfoldable_batchnorm_is_refused_by_name(randomise: Randomise) -> None:
     with pytest.raises(ExportError, match="'bn'"):
         fold_model(randomise(Residual(padding=1)), torch.randn(2, 8, 6, 6))
     assert_folded_exactly(randomise(Residual(padding=0)), torch.randn(2, 8, 6, 6))
 
 
-def test_batchnorm1d_over_sequence_is_not_folded_into_linear() -> None:
+def test_batchnorm1d_over_sequence_is_not_folded_into_linear(randomise: Randomise) -> None:
     # BN1d over [N, C, L] normalises dim 1, the Linear before it produces features on dim 2.
     model = randomise(nn.Sequential(nn.Linear(5, 5), nn.BatchNorm1d(3)))
     with pytest.raises(ExportError, match="'1'"):
@@ -162,7 +150,7 @@ def test_batchnorm_without_running_stats_is_refused() -> None:
         fold_model(model, torch.randn(2, 4))
 
 
-def test_shared_layer_is_not_folded() -> None:
+def test_shared_layer_is_not_folded(randomise: Randomise) -> None:
     class Shared(nn.Module):
         def __init__(self) -> None:
             super().__init__()

@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 
 import onnx
 import torch
@@ -68,6 +69,7 @@ def _trace(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelPro
     with (
         contextlib.redirect_stdout(transcript),
         warnings.catch_warnings(),
+        _quiet_exporter_loggers(),
         torch.no_grad(),
     ):
         warnings.simplefilter("ignore")
@@ -88,6 +90,25 @@ def _trace(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelPro
             raise ExportError(f"torch.onnx.export failed: {_first_line(error)}") from None
     log.debug("torch.onnx.export:\n%s", transcript.getvalue())
     return program.model_proto
+
+
+# torch.onnx warns about optional torchvision ops on every export, and the onnxscript
+# optimiser logs each pass at INFO: noise between the CLI's progress lines.
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _quiet_exporter_loggers() -> Iterator[None]:
+    """Errors only from the exporter's loggers while it runs."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def check_graph(proto: onnx.ModelProto, card: ModelCard) -> None:

@@ -77,7 +77,9 @@ def torch_logits(model: nn.Module, images: torch.Tensor, chunk: int) -> np.ndarr
     """PyTorch eval-mode logits, computed in chunks to bound memory."""
     model.eval()
     with torch.no_grad():
-        return torch.cat([model(images[i : i + chunk]) for i in range(0, len(images), chunk)]).numpy()
+        return torch.cat(
+            [model(images[i : i + chunk]) for i in range(0, len(images), chunk)]
+        ).numpy()
 
 
 def ort_outputs(sess: ort.InferenceSession, images: np.ndarray, chunk: int) -> list[np.ndarray]:

@@ -1,0 +1,106 @@
+"""`zoo export MODEL... | --all [--checkpoint PATH] --repository DIR [--version N] [--force]`.
+
+Every checkpoint is loaded and every target version checked before anything is
+written, so a mistake in the fifth model of `--all` does not leave four exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from zoo.card import ModelCard
+from zoo.checkpoint import load_checkpoint
+from zoo.data import load_mnist
+from zoo.errors import InvalidArgumentError
+from zoo.export.pipeline import ExportResult, ExportSettings, export_model, refuse_existing
+from zoo.models import get_spec, list_models
+from zoo.settings import add_settings_arguments, settings_from_args
+
+CHECKPOINT_FILENAME = "model.pt"  # what `zoo train` writes into runs/<model>/
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zoo export",
+        description="Fold BatchNorm, export to ONNX, verify with onnxruntime, write a repository.",
+    )
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
+    parser.add_argument("--all", action="store_true", help="every registered model")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint of the one MODEL (default: <checkpoints-dir>/MODEL/model.pt)",
+    )
+    add_settings_arguments(parser, ExportSettings)
+    return parser
+
+
+def checkpoint_paths(args: argparse.Namespace, settings: ExportSettings) -> dict[str, Path]:
+    """Model name -> checkpoint path, from MODEL... or --all and --checkpoint."""
+    if args.all == bool(args.models):
+        raise InvalidArgumentError("name the models to export, or pass --all (not both)")
+    names = [spec.name for spec in list_models()] if args.all else list(dict.fromkeys(args.models))
+    for name in names:
+        get_spec(name)  # an unknown name fails here, with close matches suggested
+    if args.checkpoint is not None:
+        if len(names) != 1:
+            raise InvalidArgumentError(
+                f"--checkpoint names one model's checkpoint, got {len(names)} models"
+            )
+        return {names[0]: args.checkpoint}
+    return {name: settings.checkpoints_dir / name / CHECKPOINT_FILENAME for name in names}
+
+
+def test_data(limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_mnist("test").tensors()
+    return images[:limit], labels[:limit]
+
+
+def export_all(
+    checkpoints: dict[str, Path], settings: ExportSettings, command: str
+) -> list[ExportResult]:
+    loaded: dict[str, tuple[nn.Module, ModelCard]] = {}
+    for name, path in checkpoints.items():
+        loaded[name] = load_checkpoint(path, expect_model=name)
+        refuse_existing(settings, name)
+    data = test_data(settings.verify_images)
+    results = []
+    with tqdm(
+        total=len(loaded), unit="model", disable=not settings.progress, file=sys.stderr
+    ) as bar:
+        for name, (model, card) in loaded.items():
+            show = functools.partial(_show_stage, bar, name)
+            results.append(export_model(model, card, settings, data, command, on_stage=show))
+            bar.update()
+    return results
+
+
+def _show_stage(bar: tqdm, name: str, stage: str) -> None:
+    bar.set_description(f"{name}: {stage}")
+
+
+def describe(result: ExportResult) -> str:
+    accuracy = result.verification.levels[0].accuracy
+    accuracy_text = "" if accuracy is None else f", accuracy {100 * accuracy:.2f}%"
+    return (
+        f"{result.name} v{result.version} -> {result.onnx_path} "
+        f"({result.onnx_bytes / 1e6:.1f} MB, {result.seconds:.1f} s): "
+        f"{result.verification.summary()}{accuracy_text}"
+    )
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(ExportSettings, args)
+    checkpoints = checkpoint_paths(args, settings)
+    for result in export_all(checkpoints, settings, shlex.join(["zoo", "export", *argv])):
+        print(describe(result))
+    return 0

@@ -49,7 +49,9 @@ class ModelCard(BaseModel):
     config: dict[str, Any] = Field(description="the family's typed config, as JSON")
     params: int
     description: str = ""
-    inputs: tuple[TensorSpec, ...] = (TensorSpec(name=INPUT_NAME, datatype="FP32", shape=(-1, 1, 28, 28)),)
+    inputs: tuple[TensorSpec, ...] = (
+        TensorSpec(name=INPUT_NAME, datatype="FP32", shape=(-1, 1, 28, 28)),
+    )
     outputs: tuple[TensorSpec, ...] = (
         TensorSpec(name=OUTPUT_LOGITS, datatype="FP32", shape=(-1, 10)),
         TensorSpec(name=OUTPUT_PROBABILITIES, datatype="FP32", shape=(-1, 10)),

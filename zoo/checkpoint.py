@@ -25,7 +25,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format": CHECKPOINT_FORMAT, "card": card.model_dump(mode="json"), "state_dict": state}, tmp)
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "card": card.model_dump(mode="json"), "state_dict": state},
+        tmp,
+    )
     os.replace(tmp, path)
     return path
 
@@ -36,19 +39,25 @@ def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 — a foreign file can fail anywhere in the unpickler
+    except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"checkpoint {path} is unreadable: {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a modelzoo checkpoint (expected format {CHECKPOINT_FORMAT})")
+        raise CheckpointError(
+            f"{path} is not a modelzoo checkpoint (expected format {CHECKPOINT_FORMAT})"
+        )
     return ModelCard.model_validate(payload["card"]), payload["state_dict"]
 
 
-def load_checkpoint(path: str | Path, expect_model: str | None = None) -> tuple[nn.Module, ModelCard]:
+def load_checkpoint(
+    path: str | Path, expect_model: str | None = None
+) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model named in the card and load its weights (eval mode)."""
     card, state = read_checkpoint(path)
     if expect_model is not None and card.name != expect_model:
-        raise CheckpointError(f"checkpoint {path} holds model {card.name!r}, expected {expect_model!r}")
+        raise CheckpointError(
+            f"checkpoint {path} holds model {card.name!r}, expected {expect_model!r}"
+        )
     model = get_spec(card.name).build(**card.config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -37,5 +37,6 @@ def models_main(argv: list[str]) -> int:
         return 0
     print(f"{'name':<18} {'family':<10} {'params':>10} {'epochs':>6}  description")
     for r in rows:
-        print(f"{r['name']:<18} {r['family']:<10} {r['params']:>10,} {r['default_epochs']:>6}  {r['description']}")
+        name, family, params, epochs = r["name"], r["family"], r["params"], r["default_epochs"]
+        print(f"{name:<18} {family:<10} {params:>10,} {epochs:>6}  {r['description']}")
     return 0

@@ -78,7 +78,9 @@ def find_file(filename: str, *, download: bool = True) -> Path:
         if (folder / filename).is_file():
             return folder / filename
     if not download:
-        raise DataError(f"MNIST file {filename} not found in {', '.join(map(str, candidate_dirs()))}")
+        raise DataError(
+            f"MNIST file {filename} not found in {', '.join(map(str, candidate_dirs()))}"
+        )
     return _download(filename)
 
 
@@ -111,10 +113,14 @@ def read_idx(path: Path, magic: int, expected_count: int, md5: str | None = None
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: not a readable gzip file ({error})") from None
     if md5 is not None and hashlib.md5(raw).hexdigest() != md5:
-        raise DataError(f"{path}: md5 of the unpacked content is {hashlib.md5(raw).hexdigest()}, expected {md5}")
+        raise DataError(
+            f"{path}: md5 of the unpacked content is {hashlib.md5(raw).hexdigest()}, expected {md5}"
+        )
     if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
         got = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
-        raise DataError(f"{path}: IDX magic number {got!r:}, expected {magic:#010x}: not an MNIST IDX file")
+        raise DataError(
+            f"{path}: IDX magic number {got!r:}, expected {magic:#010x}: not an MNIST IDX file"
+        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -124,7 +130,9 @@ def read_idx(path: Path, magic: int, expected_count: int, md5: str | None = None
         raise DataError(f"{path}: holds {dims[0]} items, expected {expected_count}")
     expected_bytes = header + int(np.prod(dims))
     if len(raw) != expected_bytes:
-        raise DataError(f"{path}: {len(raw)} bytes, expected {expected_bytes} for shape {dims} (truncated?)")
+        raise DataError(
+            f"{path}: {len(raw)} bytes, expected {expected_bytes} for shape {dims} (truncated?)"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -148,8 +156,12 @@ class MnistSplit:
 @functools.lru_cache(maxsize=2)
 def load_mnist(split: Split, *, download: bool = True) -> MnistSplit:
     images_file, labels_file, count = MNIST_FILES[split]
-    images = read_idx(find_file(images_file, download=download), IDX_IMAGES_MAGIC, count, MNIST_MD5[images_file])
-    labels = read_idx(find_file(labels_file, download=download), IDX_LABELS_MAGIC, count, MNIST_MD5[labels_file])
+    images = read_idx(
+        find_file(images_file, download=download), IDX_IMAGES_MAGIC, count, MNIST_MD5[images_file]
+    )
+    labels = read_idx(
+        find_file(labels_file, download=download), IDX_LABELS_MAGIC, count, MNIST_MD5[labels_file]
+    )
     if images.shape[1:] != (28, 28):
         raise DataError(f"{images_file}: images of shape {images.shape[1:]}, expected (28, 28)")
     return MnistSplit(images, labels.astype(np.int64))

@@ -26,7 +26,14 @@ from tqdm import tqdm
 
 from zoo.card import Metric, ModelCard
 from zoo.checkpoint import load_checkpoint, save_checkpoint
-from zoo.data import MNIST_MEAN, MNIST_STD, VALIDATION_SEED, VALIDATION_SIZE, load_mnist, train_val_split
+from zoo.data import (
+    MNIST_MEAN,
+    MNIST_STD,
+    VALIDATION_SEED,
+    VALIDATION_SIZE,
+    load_mnist,
+    train_val_split,
+)
 from zoo.models import ModelSpec, TrainRecipe, get_spec
 from zoo.models.layers import count_params
 from zoo.settings import ZooSettings, add_settings_arguments, settings_from_args
@@ -49,18 +56,29 @@ class TrainSettings(ZooSettings):
     seed: int = Field(0, description="seed of initialisation, shuffling and augmentation")
     out: Path | None = Field(None, description="output folder (default: runs/<model>)")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
-    limit_train: int | None = Field(None, ge=1, description="train on the first N training images only")
-    limit_test: int | None = Field(None, ge=1, description="evaluate on the first N test images only")
+    limit_train: int | None = Field(
+        None, ge=1, description="train on the first N training images only"
+    )
+    limit_test: int | None = Field(
+        None, ge=1, description="evaluate on the first N test images only"
+    )
     progress: bool = Field(True, description="show a progress bar per epoch")
 
 
 def resolve_recipe(spec: ModelSpec, settings: TrainSettings) -> TrainRecipe:
-    overrides = {k: getattr(settings, k) for k in TrainRecipe.model_fields if getattr(settings, k, None) is not None}
+    overrides = {
+        k: getattr(settings, k)
+        for k in TrainRecipe.model_fields
+        if getattr(settings, k, None) is not None
+    }
     return spec.recipe.model_copy(update=overrides)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by a random whole number of pixels in [-max_shift, max_shift], zero fill."""
+    """Translate each image by a random whole number of pixels in [-max_shift, max_shift].
+
+    Pixels shifted in are zero (background), as at MNIST's borders.
+    """
     n = x.shape[0]
     shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).float()
     theta = torch.zeros(n, 2, 3)
@@ -73,7 +91,9 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
     params = model.parameters()
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay
+        )
     cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
@@ -160,7 +180,12 @@ def train(settings: TrainSettings, command: str) -> tuple[nn.Module, ModelCard, 
     optimizer = make_optimizer(model, recipe)
     steps = recipe.epochs * math.ceil(len(train_data[0]) / recipe.batch_size)
     schedule = make_schedule(optimizer, recipe, steps)
-    log.info("training %s (%s params) with %s", spec.name, f"{count_params(model):,}", recipe.model_dump())
+    log.info(
+        "training %s (%s params) with %s",
+        spec.name,
+        f"{count_params(model):,}",
+        recipe.model_dump(),
+    )
 
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -175,7 +200,9 @@ def train(settings: TrainSettings, command: str) -> tuple[nn.Module, ModelCard, 
                 disable=not settings.progress,
                 file=sys.stderr,
             ) as bar:
-                train_loss = train_epoch(model, train_data, recipe, optimizer, schedule, generator, bar)
+                train_loss = train_epoch(
+                    model, train_data, recipe, optimizer, schedule, generator, bar
+                )
             seconds = time.perf_counter() - epoch_start
             val_acc, val_loss = evaluate(model, val_x, val_y)
             row = {
@@ -208,7 +235,9 @@ def train(settings: TrainSettings, command: str) -> tuple[nn.Module, ModelCard, 
             "seed": settings.seed,
             "train_images": len(train_data[0]),
             "validation": f"{VALIDATION_SIZE} training images held out (seed {VALIDATION_SEED})",
-            "augmentation": f"random shift up to {recipe.augment_shift} px" if recipe.augment_shift else "none",
+            "augmentation": f"random shift up to {recipe.augment_shift} px"
+            if recipe.augment_shift
+            else "none",
             "wall_time_s": round(wall_time, 1),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -221,7 +250,13 @@ def train(settings: TrainSettings, command: str) -> tuple[nn.Module, ModelCard, 
     model = model.to(memory_format=torch.contiguous_format)
     save_checkpoint(out / "model.pt", model, card)
     plot_curves(history, out / "curves.png", spec.name)
-    log.info("%s: test accuracy %.2f%% on %d images in %.0f s", spec.name, 100 * test_acc, n_test, wall_time)
+    log.info(
+        "%s: test accuracy %.2f%% on %d images in %.0f s",
+        spec.name,
+        100 * test_acc,
+        n_test,
+        wall_time,
+    )
     return model, card, out
 
 
@@ -252,19 +287,24 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="zoo train", description="Train a registered model on MNIST.")
+    parser = argparse.ArgumentParser(
+        prog="zoo train", description="Train a registered model on MNIST."
+    )
     parser.add_argument("model", help="registered model name (see `zoo models`)")
     add_settings_arguments(parser, TrainSettings, skip=("model",))
     args = parser.parse_args(argv)
     settings = settings_from_args(TrainSettings, args, model=args.model)
     get_spec(settings.model)  # unknown names fail before any data is loaded
     _, card, out = train(settings, shlex.join(["zoo", "train", *argv]))
-    print(f"{card.name}: test accuracy {100 * card.metrics['test_accuracy'].value:.2f}% -> {out / 'model.pt'}")
+    accuracy = card.metrics["test_accuracy"].value
+    print(f"{card.name}: test accuracy {100 * accuracy:.2f}% -> {out / 'model.pt'}")
     return 0
 
 
 def evaluate_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="zoo evaluate", description="MNIST test accuracy of a checkpoint.")
+    parser = argparse.ArgumentParser(
+        prog="zoo evaluate", description="MNIST test accuracy of a checkpoint."
+    )
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--limit", type=int, default=None, help="first N test images only")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -272,7 +312,16 @@ def evaluate_main(argv: list[str]) -> int:
     model, card = load_checkpoint(args.checkpoint)
     accuracy, n = test_accuracy(model, args.limit)
     if args.json:
-        print(json.dumps({"model": card.name, "checkpoint": str(args.checkpoint), "test_accuracy": accuracy, "images": n}))
+        print(
+            json.dumps(
+                {
+                    "model": card.name,
+                    "checkpoint": str(args.checkpoint),
+                    "test_accuracy": accuracy,
+                    "images": n,
+                }
+            )
+        )
     else:
         print(f"{card.name}: test accuracy {100 * accuracy:.2f}% on {n} MNIST test images")
     return 0

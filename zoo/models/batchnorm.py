@@ -10,7 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zoo.models.layers import Activation, Norm, Normalize, Reparam, activation, norm_1d, norm_2d, reparametrise
+from zoo.models.layers import (
+    Activation,
+    Norm,
+    Normalize,
+    Reparam,
+    activation,
+    norm_1d,
+    norm_2d,
+    reparametrise,
+)
 from zoo.models.registry import ModelConfig, TrainRecipe, register_model
 
 
@@ -28,7 +37,11 @@ class MLP(nn.Module):
         width = 28 * 28
         for out in config.hidden:
             linear = nn.Linear(width, out, bias=config.norm != "batch")  # BN's beta is the bias
-            layers += [reparametrise(linear, config.reparam), *norm_1d(config.norm, out), activation(config.activation)]
+            layers += [
+                reparametrise(linear, config.reparam),
+                *norm_1d(config.norm, out),
+                activation(config.activation),
+            ]
             width = out
         layers.append(nn.Linear(width, 10))
         self.net = nn.Sequential(*layers)
@@ -54,12 +67,21 @@ class CNN(nn.Module):
         for out_ch in config.channels:
             for _ in range(2):
                 conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=config.norm != "batch")
-                layers += [reparametrise(conv, config.reparam), *norm_2d(config.norm, out_ch), activation(act)]
+                layers += [
+                    reparametrise(conv, config.reparam),
+                    *norm_2d(config.norm, out_ch),
+                    activation(act),
+                ]
                 in_ch = out_ch
             layers.append(nn.MaxPool2d(2))
             size //= 2
         fc = nn.Linear(in_ch * size * size, config.fc, bias=config.norm != "batch")
-        layers += [nn.Flatten(), reparametrise(fc, config.reparam), *norm_1d(config.norm, config.fc), activation(act)]
+        layers += [
+            nn.Flatten(),
+            reparametrise(fc, config.reparam),
+            *norm_1d(config.norm, config.fc),
+            activation(act),
+        ]
         layers.append(nn.Linear(config.fc, 10))
         self.net = nn.Sequential(*layers)
 
@@ -67,7 +89,9 @@ class CNN(nn.Module):
         return self.net(x)
 
 
-@register_model("bn_mlp", family="batchnorm", config=MLPConfig(), recipe=TrainRecipe(epochs=5, lr=2e-3))
+@register_model(
+    "bn_mlp", family="batchnorm", config=MLPConfig(), recipe=TrainRecipe(epochs=5, lr=2e-3)
+)
 def bn_mlp(config: MLPConfig) -> MLP:
     """3x256 ReLU MLP with BatchNorm before each activation."""
     return MLP(config)

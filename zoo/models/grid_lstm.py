@@ -57,7 +57,12 @@ class GridLSTM(nn.Module):
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:  # [N, 1, 28, 28] -> [N, G, G, hidden]
         g, p = self.grid, self.patch
-        x = self.normalize(x).reshape(-1, g, p, g, p).permute(0, 1, 3, 2, 4).reshape(-1, g, g, p * p)
+        x = (
+            self.normalize(x)
+            .reshape(-1, g, p, g, p)
+            .permute(0, 1, 3, 2, 4)
+            .reshape(-1, g, g, p * p)
+        )
         return self.embed(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, 1, 28, 28] -> [N, 10]

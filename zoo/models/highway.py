@@ -36,7 +36,9 @@ class HighwayConv(nn.Module):
     def __init__(self, channels: int, gate_bias: float) -> None:
         super().__init__()
         self.transform = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
         )
         self.gate = nn.Conv2d(channels, channels, 3, padding=1)
         nn.init.constant_(self.gate.bias, gate_bias)
@@ -55,8 +57,12 @@ class HighwayMLPConfig(ModelConfig):
 class HighwayMLP(nn.Module):
     def __init__(self, config: HighwayMLPConfig) -> None:
         super().__init__()
-        self.stem = nn.Sequential(Normalize(), nn.Flatten(), nn.Linear(28 * 28, config.width), nn.ReLU())
-        self.layers = nn.Sequential(*(HighwayLinear(config.width, config.gate_bias) for _ in range(config.depth)))
+        self.stem = nn.Sequential(
+            Normalize(), nn.Flatten(), nn.Linear(28 * 28, config.width), nn.ReLU()
+        )
+        self.layers = nn.Sequential(
+            *(HighwayLinear(config.width, config.gate_bias) for _ in range(config.depth))
+        )
         self.head = nn.Linear(config.width, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, 1, 28, 28] -> [N, 10]

@@ -43,7 +43,10 @@ def reparametrise(layer: nn.Module, reparam: Reparam) -> nn.Module:
 
 
 def norm_1d(norm: Norm, features: int) -> list[nn.Module]:
-    """The normalisation after a Linear layer (BatchNorm goes before the activation, as in Ioffe & Szegedy 2015)."""
+    """The normalisation after a Linear layer.
+
+    BatchNorm goes before the activation, as in Ioffe & Szegedy 2015.
+    """
     if norm == "batch":
         return [nn.BatchNorm1d(features)]
     if norm == "layer":

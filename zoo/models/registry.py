@@ -80,7 +80,9 @@ def register_model(
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is registered twice")
         description = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
-        _REGISTRY[name] = ModelSpec(name, family, builder, config, recipe or TrainRecipe(), description)
+        _REGISTRY[name] = ModelSpec(
+            name, family, builder, config, recipe or TrainRecipe(), description
+        )
         return builder
 
     return decorate
@@ -91,7 +93,11 @@ def get_spec(name: str) -> ModelSpec:
         return _REGISTRY[name]
     except KeyError:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(_REGISTRY))}"
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else f"; known: {', '.join(sorted(_REGISTRY))}"
+        )
         raise NotFoundError(f"unknown model {name!r}{hint}") from None
 
 
@@ -101,4 +107,4 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 
 def list_models() -> list[ModelSpec]:
-    return [ _REGISTRY[n] for n in sorted(_REGISTRY) ]
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]

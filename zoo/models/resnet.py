@@ -27,7 +27,9 @@ class BasicBlock(nn.Module):
         self.shortcut = (
             nn.Identity()
             if stride == 1 and in_ch == out_ch
-            else nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+            else nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +45,12 @@ class ResNet(nn.Module):
     def __init__(self, config: ResNetConfig) -> None:
         super().__init__()
         c0 = config.channels[0]
-        layers: list[nn.Module] = [Normalize(), nn.Conv2d(1, c0, 3, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU()]
+        layers: list[nn.Module] = [
+            Normalize(),
+            nn.Conv2d(1, c0, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c0),
+            nn.ReLU(),
+        ]
         in_ch = c0
         for stage, out_ch in enumerate(config.channels):
             for block in range(config.blocks_per_stage):

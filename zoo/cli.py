@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 
 from zoo.errors import ZooError
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Like other Unix tools, stop quietly when the reader of our output goes away (`| head`).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     module_name, func_name = COMMANDS[name][0].split(":")
     command = getattr(importlib.import_module(module_name), func_name)
     try:

@@ -16,6 +16,7 @@ def registry_rows() -> list[dict[str, object]]:
             "family": spec.family,
             "params": count_params(spec.build()),
             "default_epochs": spec.recipe.epochs,
+            "target_accuracy": spec.target_accuracy,
             "description": spec.description,
         }
         for spec in list_models()

@@ -111,6 +111,7 @@ def bn_mlp_sigmoid(config: MLPConfig) -> MLP:
 @register_model(
     "bn_cnn",
     family="batchnorm",
+    target_accuracy=0.994,
     config=CNNConfig(),
     recipe=TrainRecipe(epochs=5, lr=3e-3, optimizer="adamw", weight_decay=5e-4, augment_shift=2),
 )

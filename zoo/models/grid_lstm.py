@@ -91,6 +91,7 @@ class GridLSTM(nn.Module):
 @register_model(
     "grid_lstm",
     family="grid_lstm",
+    target_accuracy=0.99,
     config=GridLSTMConfig(),
     recipe=TrainRecipe(epochs=8, lr=2e-3, grad_clip=1.0),
 )

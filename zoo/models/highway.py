@@ -106,6 +106,7 @@ class HighwayCNN(nn.Module):
 @register_model(
     "highway_mlp",
     family="highway",
+    target_accuracy=0.980,
     config=HighwayMLPConfig(),
     recipe=TrainRecipe(epochs=12, lr=1e-3, augment_shift=1),
 )
@@ -117,6 +118,7 @@ def highway_mlp(config: HighwayMLPConfig) -> HighwayMLP:
 @register_model(
     "highway_cnn",
     family="highway",
+    target_accuracy=0.995,
     config=HighwayCNNConfig(),
     recipe=TrainRecipe(epochs=8, lr=3e-3, optimizer="adamw", weight_decay=5e-4, augment_shift=2),
 )

@@ -50,6 +50,8 @@ class ModelSpec:
     config: ModelConfig
     recipe: TrainRecipe
     description: str
+    # MNIST test accuracy its default recipe must reach (issue 2), None for baselines.
+    target_accuracy: float | None = None
 
     def build(self, **overrides: Any) -> nn.Module:
         return self.builder(self.configure(**overrides))
@@ -73,6 +75,7 @@ def register_model(
     family: Family,
     config: ModelConfig,
     recipe: TrainRecipe | None = None,
+    target_accuracy: float | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register `builder(config) -> nn.Module` under `name`; its docstring is the description."""
 
@@ -81,7 +84,7 @@ def register_model(
             raise ValueError(f"model name {name!r} is registered twice")
         description = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
         _REGISTRY[name] = ModelSpec(
-            name, family, builder, config, recipe or TrainRecipe(), description
+            name, family, builder, config, recipe or TrainRecipe(), description, target_accuracy
         )
         return builder
 

@@ -67,6 +67,7 @@ class ResNet(nn.Module):
 @register_model(
     "resnet",
     family="resnet",
+    target_accuracy=0.995,
     config=ResNetConfig(),
     recipe=TrainRecipe(epochs=8, lr=4e-3, optimizer="adamw", weight_decay=5e-4, augment_shift=2),
 )

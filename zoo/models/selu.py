@@ -61,6 +61,7 @@ class SELUMLP(nn.Module):
 @register_model(
     "selu_mlp",
     family="selu",
+    target_accuracy=0.983,
     config=SELUConfig(),
     recipe=TrainRecipe(epochs=15, lr=5e-4, augment_shift=2),
 )

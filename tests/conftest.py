@@ -18,9 +18,11 @@ import re
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,24 +32,31 @@ TINY_MODELS = ("tiny_mlp", "tiny_cnn")
 _READY = re.compile(r"ready on (\S+):(\d+)(?:, metrics on port (\d+))?")
 
 
-def export_tiny_model(repository: Path, name: str, version: int = 1, seed: int = 0) -> Path:
-    """Export a small random model (an MLP, or a CNN if `name` says so) with its config and
-    card; inputs and outputs as every zoo model's (zoo.card)."""
+def _tiny_body(torch: Any, kind: str) -> Any:
+    nn = torch.nn
+    if kind == "cnn":
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 13 * 13, 10)
+        )
+    if kind == "slow":
+        # 100 chained 784x784 matmuls: ~0.1 s at batch 64 on 2 cores, for lifecycle tests.
+        square = nn.Linear(784, 784)
+        return nn.Sequential(nn.Flatten(), *[square] * 100, nn.Linear(784, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def export_tiny_model(
+    repository: Path, name: str, version: int = 1, *, kind: str = "", seed: int = 0
+) -> Path:
+    """Export a small random model (kind mlp, cnn or slow; by default guessed from `name`)
+    with its config.pbtxt and card; inputs and outputs as every zoo model's (zoo.card)."""
     import torch
 
     from zoo.card import ModelCard
     from zoo.repository import config_for_card, write_model_config
 
     torch.manual_seed(seed)
-    if "cnn" in name:
-        body = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
-            torch.nn.Linear(4 * 13 * 13, 10),
-        )  # fmt: skip
-    else:
-        body = torch.nn.Sequential(
-            torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
-        )
+    body = _tiny_body(torch, kind or name.rsplit("_", 1)[-1])
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:
@@ -61,16 +70,19 @@ def export_tiny_model(repository: Path, name: str, version: int = 1, seed: int =
     model_dir = repository / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     batch = {0: "batch"}
-    torch.onnx.export(
-        Tiny().eval(),
-        (torch.rand(2, 1, 28, 28),),
-        str(model_dir / str(version) / "model.onnx"),
-        input_names=["images"],
-        output_names=["logits", "probabilities"],
-        dynamic_axes={"images": batch, "logits": batch, "probabilities": batch},
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but 15-20x faster (FACTS.md).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            Tiny().eval(),
+            (torch.rand(2, 1, 28, 28),),
+            str(model_dir / str(version) / "model.onnx"),
+            input_names=["images"],
+            output_names=["logits", "probabilities"],
+            dynamic_axes={"images": batch, "logits": batch, "probabilities": batch},
+            opset_version=17,
+            dynamo=False,
+        )
     card = ModelCard(
         name=name,
         family="test",

@@ -55,6 +55,11 @@ def random_model(name: str, **config: Any) -> tuple[nn.Module, ModelCard]:
     return model, card
 
 
+@pytest.fixture(name="random_model", scope="session")
+def random_model_fixture() -> Callable[..., tuple[nn.Module, ModelCard]]:
+    return random_model
+
+
 @pytest.fixture
 def make_checkpoint(tmp_path: Path) -> Callable[..., Path]:
     """Write a checkpoint of a (small) registered model: make_checkpoint("bn_mlp", hidden=[32])."""

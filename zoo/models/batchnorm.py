@@ -52,7 +52,7 @@ class MLP(nn.Module):
 
 class CNNConfig(ModelConfig):
     channels: tuple[int, ...] = (32, 64)  # one stage per entry: two 3x3 convs, then 2x2 max-pool
-    fc: int = 256
+    fc: int = 128
     activation: Activation = "relu"
     norm: Norm = "batch"
     reparam: Reparam = "none"
@@ -116,5 +116,5 @@ def bn_mlp_sigmoid(config: MLPConfig) -> MLP:
     recipe=TrainRecipe(epochs=5, lr=3e-3, optimizer="adamw", weight_decay=5e-4, augment_shift=2),
 )
 def bn_cnn(config: CNNConfig) -> CNN:
-    """Conv 32-32-pool-64-64-pool, FC 256, BatchNorm after every conv and linear layer."""
+    """Conv 32-32-pool-64-64-pool, FC 128, BatchNorm after every conv and linear layer."""
     return CNN(config)

@@ -50,7 +50,7 @@ class HighwayConv(nn.Module):
 
 class HighwayMLPConfig(ModelConfig):
     depth: int = Field(50, ge=1, description="highway layers")
-    width: int = 128
+    width: int = 100
     gate_bias: float = Field(HIGHWAY_GATE_BIAS, le=0)
 
 
@@ -111,7 +111,7 @@ class HighwayCNN(nn.Module):
     recipe=TrainRecipe(epochs=12, lr=1e-3, augment_shift=1),
 )
 def highway_mlp(config: HighwayMLPConfig) -> HighwayMLP:
-    """50 fully connected highway layers of width 128 (gate bias -2)."""
+    """50 fully connected highway layers of width 100 (gate bias -2)."""
     return HighwayMLP(config)
 
 

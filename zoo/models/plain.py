@@ -38,11 +38,11 @@ def plain_mlp_relu(config: MLPConfig) -> MLP:
 @register_model(
     "plain_mlp_deep",
     family="plain",
-    config=MLPConfig(hidden=(128,) * PLAIN_DEEP_LAYERS, activation="relu", norm="none"),
+    config=MLPConfig(hidden=(100,) * PLAIN_DEEP_LAYERS, activation="relu", norm="none"),
     recipe=TrainRecipe(epochs=5, lr=1e-3),
 )
 def plain_mlp_deep(config: MLPConfig) -> MLP:
-    """50x128 ReLU MLP with PyTorch's default init: the deep net that highway and SELU fix."""
+    """50x100 ReLU MLP with PyTorch's default init: the deep net that highway and SELU fix."""
     return MLP(config)
 
 

@@ -33,7 +33,7 @@ def lecun_normal_(linear: nn.Linear) -> None:
 
 class SELUConfig(ModelConfig):
     depth: int = Field(16, ge=1, description="hidden layers")
-    width: int = 512
+    width: int = 256
     alpha_dropout: float = Field(0.05, ge=0, lt=1)
 
 
@@ -66,5 +66,5 @@ class SELUMLP(nn.Module):
     recipe=TrainRecipe(epochs=15, lr=5e-4, augment_shift=2),
 )
 def selu_mlp(config: SELUConfig) -> SELUMLP:
-    """16x512 self-normalizing MLP (SELU, LeCun-normal init, AlphaDropout 0.05)."""
+    """16x256 self-normalizing MLP (SELU, LeCun-normal init, AlphaDropout 0.05)."""
     return SELUMLP(config)

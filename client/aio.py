@@ -40,7 +40,7 @@ class AsyncZooClient:
         self._channels = [self._open(target) for target in self.connection.targets]
         stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self._channels]
         self._stubs = RoundRobin(list(zip(self.connection.targets, stubs, strict=True)))
-        self._cards: dict[tuple[str, str], ModelCard] = {}  # see ZooClient: one fetch per version
+        self._models: dict[tuple[str, str], protocol.ServedModel] = {}
 
     def _open(self, target: str) -> grpc.aio.Channel:
         credentials = self.connection.credentials()
@@ -121,10 +121,13 @@ class AsyncZooClient:
         return await self._run(protocol.metadata(model, version))
 
     async def model_card(self, model: str, version: str | int | None = None) -> ModelCard:
+        return (await self._served_model(model, version)).card
+
+    async def _served_model(self, model: str, version: str | int | None) -> protocol.ServedModel:
         key = (model, protocol.version_text(version))
-        if key not in self._cards:
-            self._cards[key] = await self._run(protocol.model_card(model, version))
-        return self._cards[key]
+        if key not in self._models:
+            self._models[key] = await self._run(protocol.served_model(model, version))
+        return self._models[key]
 
     async def infer(
         self,
@@ -136,8 +139,12 @@ class AsyncZooClient:
         timeout: float | None = None,
     ) -> Prediction:
         batch = load_images(images)
-        card = await self.model_card(model, version)
-        return await self._run(protocol.infer(card, batch, version, top_k), timeout)
+        served = await self._served_model(model, version)
+        parts = [
+            await self._run(protocol.infer(served.card, piece, version, top_k), timeout)
+            for piece in served.split(batch)
+        ]
+        return Prediction.concatenate(parts)
 
     async def infer_raw(
         self,

@@ -10,7 +10,6 @@ code), live progress on stderr while running, and writes JSON with `--output`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from client.channel import NO_RETRIES
+from client.cli import OneLineParser
 from client.loadgen import GeneratorJob, Progress, run_generators, split_load
 from client.protocol import ModelMetadata, build_infer_request, dtype_of
 from client.settings import ClientSettings
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # Distinct request payloads cycled through for mnist/random input, so that a server cannot
 # answer from a cache, while building them costs nothing during the run.
 REQUEST_POOL = 16
+RATE_WINDOW_S = 1.0
 
 
 class LoadSettings(ClientSettings):
@@ -179,10 +180,13 @@ class LiveProgress:
         return self.update
 
     def update(self, elapsed: float, ok: int, errors: int) -> None:
-        rate = (ok - self.last[1]) / max(elapsed - self.last[0], 1e-9)
-        self.last = (elapsed, ok)
+        # Each process reports on its own; a rate over one second spans all of their reports.
+        if elapsed - self.last[0] >= RATE_WINDOW_S:
+            rate = (ok - self.last[1]) / (elapsed - self.last[0])
+            self.last = (elapsed, ok)
+            self.bar.set_postfix_str(f"{rate:,.0f} req/s, {errors} errors", refresh=False)
         self.bar.n = round(min(max(elapsed, 0.0), self.bar.total), 1)
-        self.bar.set_postfix_str(f"{rate:,.0f} req/s, {errors} errors")
+        self.bar.refresh()
 
     def __exit__(self, *exc: object) -> None:
         self.bar.close()
@@ -253,7 +257,7 @@ def write_plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="zoo load", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="zoo load", description=__doc__.split("\n\n")[0])
     add_settings_arguments(parser, LoadSettings)
     settings = settings_from_args(LoadSettings, parser.parse_args(argv))
     loads = plan_loads(settings)

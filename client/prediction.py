@@ -61,6 +61,13 @@ class Prediction:
     def __iter__(self) -> Iterator[ImagePrediction]:
         return (self[i] for i in range(len(self)))
 
+    @classmethod
+    def concatenate(cls, parts: list[Prediction]) -> Prediction:
+        """One prediction from the replies to consecutive pieces of a batch."""
+        probabilities = np.concatenate([p.probabilities for p in parts])
+        first = parts[0]
+        return cls(first.model, first.version, first.classes, probabilities, first.top_k)
+
     @property
     def labels(self) -> list[str]:
         """The most probable label of each image."""

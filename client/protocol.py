@@ -59,6 +59,19 @@ class ModelMetadata:
     outputs: tuple[TensorSpec, ...]
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What `infer` needs of a model: its card, and how many images one request may carry."""
+
+    card: ModelCard
+    max_batch_size: int  # 0: no limit known (the model has no batching in its config)
+
+    def split(self, images: np.ndarray) -> list[np.ndarray]:
+        """The batch in pieces the server accepts (one request each)."""
+        step = self.max_batch_size if self.max_batch_size > 0 else len(images)
+        return [images[i : i + step] for i in range(0, len(images), step)]
+
+
 def _same(reply: T) -> T:
     return reply
 
@@ -114,9 +127,13 @@ def metadata(name: str, version: str | int | None = None) -> Call[ModelMetadata]
     return Call("ModelMetadata", request, parse_metadata)
 
 
-def model_card(name: str, version: str | int | None = None) -> Call[ModelCard]:
+def served_model(name: str, version: str | int | None = None) -> Call[ServedModel]:
     request = pb.ModelConfigRequest(name=name, version=version_text(version))
-    return Call("ModelConfig", request, lambda r: parse_card(name, r.config))
+    return Call(
+        "ModelConfig",
+        request,
+        lambda r: ServedModel(parse_card(name, r.config), r.config.max_batch_size),
+    )
 
 
 def model_infer(request: pb.ModelInferRequest) -> Call[pb.ModelInferResponse]:

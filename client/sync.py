@@ -72,9 +72,9 @@ class ZooClient:
         self._channels = [self._open(target) for target in self.connection.targets]
         stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self._channels]
         self._stubs = RoundRobin(list(zip(self.connection.targets, stubs, strict=True)))
-        # Cards are fetched once per (model, version): labels and input names do not change
+        # Card and batch limit are fetched once per (model, version): they do not change
         # while a version is served, and refetching would double every infer's round trips.
-        self._cards: dict[tuple[str, str], ModelCard] = {}
+        self._models: dict[tuple[str, str], protocol.ServedModel] = {}
 
     def _open(self, target: str) -> grpc.Channel:
         credentials = self.connection.credentials()
@@ -153,10 +153,13 @@ class ZooClient:
         return self._run(protocol.metadata(model, version))
 
     def model_card(self, model: str, version: str | int | None = None) -> ModelCard:
+        return (self._served_model(model, version)).card
+
+    def _served_model(self, model: str, version: str | int | None) -> protocol.ServedModel:
         key = (model, protocol.version_text(version))
-        if key not in self._cards:
-            self._cards[key] = self._run(protocol.model_card(model, version))
-        return self._cards[key]
+        if key not in self._models:
+            self._models[key] = self._run(protocol.served_model(model, version))
+        return self._models[key]
 
     def infer(
         self,
@@ -169,8 +172,12 @@ class ZooClient:
     ) -> Prediction:
         """Classify images (arrays, PIL images, image or .npy paths; see client.images)."""
         batch = load_images(images)
-        card = self.model_card(model, version)
-        return self._run(protocol.infer(card, batch, version, top_k), timeout)
+        served = self._served_model(model, version)
+        parts = [
+            self._run(protocol.infer(served.card, piece, version, top_k), timeout)
+            for piece in served.split(batch)
+        ]
+        return Prediction.concatenate(parts)
 
     def infer_raw(
         self,

@@ -1,0 +1,154 @@
+"""ZooClient and AsyncZooClient against real server processes (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from client import AsyncZooClient, InferenceServerException, ZooClient
+from client.channel import RetryPolicy
+
+IMAGES = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+
+
+def onnx_probabilities(
+    repository: Path, model: str, version: str, images: np.ndarray
+) -> np.ndarray:
+    """The same model run in-process: what the server must answer."""
+    session = ort.InferenceSession(str(repository / model / version / "model.onnx"))
+    return session.run(["probabilities"], {"images": images})[0]
+
+
+def dead_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"  # closed again: nothing listens there
+
+
+@pytest.fixture(scope="module")
+def zoo(zoo_server) -> ZooClient:
+    with ZooClient(zoo_server.address, timeout=10.0) as client:
+        yield client
+
+
+def test_every_call_on_every_served_model(zoo: ZooClient, served_repository: Path) -> None:
+    assert zoo.is_server_live() and zoo.is_server_ready()
+    assert zoo.get_server_metadata().name
+    models = zoo.list_models()
+    assert models and all(m.ready for m in models)
+    for status in models:
+        name, version = status.name, status.version
+        assert zoo.is_model_ready(name, version)
+        meta = zoo.metadata(name)
+        assert version in meta.versions and meta.inputs[0].shape == (-1, 1, 28, 28)
+        assert zoo.get_model_metadata(name).name == name
+        assert zoo.get_model_config(name).max_batch_size > 0
+        card = zoo.model_card(name, version)
+        assert card.name == name and len(card.labels) == 10
+        expected = onnx_probabilities(served_repository, name, version, IMAGES)
+        prediction = zoo.infer(name, IMAGES, version=version, top_k=3)
+        np.testing.assert_allclose(prediction.probabilities, expected, rtol=1e-5, atol=1e-6)
+        assert prediction.labels == [card.labels[i] for i in expected.argmax(axis=1)]
+        assert len(prediction[0].top_k) == 3 and prediction.version == version
+        raw = zoo.infer_raw(name, {"images": IMAGES}, outputs=["logits"])
+        assert list(raw) == ["logits"] and raw["logits"].shape == (3, 10)
+        stats = zoo.get_inference_statistics(name).model_stats
+        assert stats[0].inference_stats.success.count >= 2
+    assert {m.name for m in models} == {m.name for m in zoo.get_model_repository_index().models}
+
+
+def test_a_batch_above_max_batch_size_is_sent_in_pieces(
+    zoo: ZooClient, served_repository: Path
+) -> None:
+    name = zoo.list_models()[0].name
+    limit = zoo.get_model_config(name).max_batch_size
+    images = np.random.default_rng(1).random((limit + 5, 1, 28, 28), dtype=np.float32)
+    prediction = zoo.infer(name, images)
+    assert len(prediction) == limit + 5
+    version = zoo.list_models()[0].version
+    expected = onnx_probabilities(served_repository, name, version, images)
+    np.testing.assert_allclose(prediction.probabilities, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_async_client_matches_the_sync_one(zoo: ZooClient, zoo_server) -> None:
+    name = zoo.list_models()[0].name
+
+    async def run() -> tuple[np.ndarray, list[str], bool]:
+        async with AsyncZooClient(zoo_server.address) as client:
+            ready = await client.is_model_ready(name)
+            card = await client.model_card(name)
+            predictions = await asyncio.gather(*(client.infer(name, IMAGES) for _ in range(4)))
+            raw = await client.infer_raw(name, {"images": IMAGES})
+            return predictions[-1].probabilities, [card.name, *raw], ready
+
+    probabilities, names, ready = asyncio.run(run())
+    assert ready and names == [name, "logits", "probabilities"]
+    np.testing.assert_allclose(probabilities, zoo.infer(name, IMAGES).probabilities, rtol=1e-6)
+
+
+def test_server_errors_carry_the_grpc_code_and_message(zoo: ZooClient) -> None:
+    with pytest.raises(InferenceServerException) as error:
+        zoo.infer("no_such_model", IMAGES)
+    assert (
+        error.value.status_code == grpc.StatusCode.NOT_FOUND
+        and "no_such_model" in error.value.message
+    )
+    assert error.value.exit_code == 3
+    name = zoo.list_models()[0].name
+    with pytest.raises(InferenceServerException) as error:
+        zoo.infer_raw(name, {"images": np.zeros((1, 1, 27, 28), np.float32)})
+    assert error.value.code == "INVALID_ARGUMENT" and "got [1, 1, 27, 28]" in error.value.message
+
+
+def test_every_call_has_a_deadline(zoo: ZooClient) -> None:
+    name = zoo.list_models()[0].name
+    with pytest.raises(InferenceServerException) as error:
+        zoo.infer(name, np.zeros((64, 1, 28, 28), np.float32), timeout=1e-5)
+    assert error.value.code == "DEADLINE_EXCEEDED"
+
+
+def test_unavailable_is_retried_with_backoff_then_reported() -> None:
+    policy = RetryPolicy(attempts=3, initial_backoff_s=0.1, multiplier=2.0)
+    start = time.monotonic()
+    with (
+        ZooClient(dead_address(), retry=policy) as client,
+        pytest.raises(InferenceServerException) as error,
+    ):
+        client.is_server_live()
+    assert error.value.code == "UNAVAILABLE" and "127.0.0.1" in str(error.value)
+    assert 0.15 <= time.monotonic() - start < 3.0  # two backoffs (0.05-0.1 s and 0.1-0.2 s)
+    assert list(policy.backoffs(idempotent=False)) == [0.0]  # never resent
+
+
+def inference_count(address: str, model: str) -> int:
+    with ZooClient(address) as client:
+        return client.get_inference_statistics(model).model_stats[0].inference_count
+
+
+def test_round_robin_spreads_calls_and_fails_over(
+    zoo_server, start_zoo_server, served_repository
+) -> None:
+    second = start_zoo_server(served_repository)
+    addresses = [zoo_server.address, second.address]
+    with ZooClient(addresses) as client:
+        name = client.list_models()[0].name
+        before = [inference_count(a, name) for a in addresses]
+        for _ in range(10):
+            client.infer(name, IMAGES[:1])
+    assert [inference_count(a, name) - n for a, n in zip(addresses, before, strict=True)] == [5, 5]
+    # A dead address among live ones: its UNAVAILABLE is retried on the next address.
+    with ZooClient([dead_address(), second.address]) as client:
+        assert all(len(client.infer(name, IMAGES[:1])) == 1 for _ in range(4))
+
+
+def test_token_is_sent_as_bearer_metadata(zoo_server) -> None:
+    with ZooClient(zoo_server.address, token="s3cret") as client:
+        assert client.connection.metadata == (("authorization", "Bearer s3cret"),)
+        assert client.is_server_live()

@@ -1,0 +1,111 @@
+"""`zoo load` against real server processes: short, bounded runs on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client import ZooClient
+from zoo.repository import read_model_config, write_model_config
+
+ROOT = Path(__file__).resolve().parents[2]
+PERCENTILE_KEYS = ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")
+
+
+def zoo_load(
+    address: str, model: str, tmp_path: Path, flags: str
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run `zoo load` with the flags (split on spaces) and return its process and JSON report."""
+    out = tmp_path / "run.json"
+    command = [sys.executable, "-m", "zoo.cli", "load", "--url", address, "--model", model]
+    command += ["--output", str(out), *flags.split()]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result, json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def model(zoo_server) -> str:
+    with ZooClient(zoo_server.address) as client:
+        return client.list_models()[0].name
+
+
+def test_two_second_closed_loop(zoo_server, model, tmp_path) -> None:
+    result, report = zoo_load(
+        zoo_server.address,
+        model,
+        tmp_path,
+        "--concurrency 4 --duration 2 --warmup 0.5 --processes 2",
+    )
+    (run,) = report["runs"]
+    assert run["throughput_rps"] > 0 and run["images_per_s"] == run["throughput_rps"]
+    assert run["error_count"] == 0 and run["errors"] == {}
+    latencies = [run[k] for k in PERCENTILE_KEYS]
+    assert latencies == sorted(latencies) and latencies[0] > 0
+    assert run["requests"] == run["successes"] > 0
+    assert "req/s" in result.stdout and "c=4" in result.stdout  # the table
+    assert "req/s" in result.stderr  # live progress
+
+
+def test_poisson_open_loop_keeps_its_rate(zoo_server, model, tmp_path) -> None:
+    _, report = zoo_load(
+        zoo_server.address,
+        model,
+        tmp_path,
+        "--rate 100 --poisson --duration 2 --warmup 0.5 --batch 4 --input zeros --no-progress",
+    )
+    (run,) = report["runs"]
+    assert run["mode"] == "poisson" and run["error_count"] == 0
+    assert 60 <= run["throughput_rps"] <= 140  # Poisson: ~200 arrivals in 2 s, sd ~14
+    assert run["images_per_s"] == pytest.approx(4 * run["throughput_rps"])
+
+
+def test_sweep_writes_runs_and_a_plot(zoo_server, model, tmp_path) -> None:
+    plot = tmp_path / "sweep.png"
+    _, report = zoo_load(
+        zoo_server.address,
+        model,
+        tmp_path,
+        f"--sweep 1,4 --duration 0.5 --warmup 0.2 --plot {plot} --no-progress",
+    )
+    assert [run["concurrency"] for run in report["runs"]] == [1, 4]
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_overload_counts_resource_exhausted(start_zoo_server, tiny_repository, tmp_path) -> None:
+    # One queued request at most, and a long batching delay so that requests do queue.
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_repository / "tiny_mlp", repository / "tiny_mlp")
+    config = read_model_config(repository / "tiny_mlp")
+    config.dynamic_batching.default_queue_policy.max_queue_size = 1
+    config.dynamic_batching.max_queue_delay_microseconds = 50_000
+    write_model_config(repository / "tiny_mlp", config)
+    server = start_zoo_server(repository)
+    _, report = zoo_load(
+        server.address,
+        "tiny_mlp",
+        tmp_path,
+        "--concurrency 8 --duration 1.5 --warmup 0.2 --processes 1 --no-progress",
+    )
+    (run,) = report["runs"]
+    assert run["errors"].get("RESOURCE_EXHAUSTED", 0) > 0
+    assert set(run["errors"]) == {"RESOURCE_EXHAUSTED"} and run["successes"] > 0
+
+
+def test_load_usage_and_server_errors_are_one_line(tmp_path) -> None:
+    command = [sys.executable, "-m", "zoo.cli", "load", "--model", "m"]
+    both = subprocess.run(
+        [*command, "--concurrency", "2", "--rate", "5"], capture_output=True, text=True
+    )
+    assert (
+        both.returncode == 2 and both.stderr.strip().count("\n") == 0 and "not both" in both.stderr
+    )
+    down = subprocess.run(
+        [*command, "--url", "127.0.0.1:1", "--timeout", "2"], capture_output=True, text=True
+    )
+    assert down.returncode == 3 and "UNAVAILABLE" in down.stderr and "Traceback" not in down.stderr

@@ -1,8 +1,8 @@
-"""`python -m server ...`: the same as `zoo serve ...`."""
+"""`python -m server ...`: the same as `zoo serve ...` (one-line errors included)."""
 
 import sys
 
-from server.cli import main
+from zoo.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["serve", *sys.argv[1:]]))

@@ -34,6 +34,7 @@ from zoo.errors import (
 
 log = logging.getLogger(__name__)
 
+NO_DEADLINE_S = 86_400.0
 RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
@@ -87,7 +88,10 @@ class _Pending:
 
 def _deadline(ctx: CallContext | None) -> float | None:
     remaining = ctx.time_remaining() if ctx is not None else None
-    return None if remaining is None else time.monotonic() + remaining
+    # grpc reports "no deadline" as centuries, more than a timed wait accepts.
+    if remaining is None or remaining > NO_DEADLINE_S:
+        return None
+    return time.monotonic() + remaining
 
 
 def _shape_key(inputs: dict[str, np.ndarray]) -> tuple[tuple[int, ...], ...]:

@@ -7,6 +7,8 @@ processes on free ports.
     def test_y(start_zoo_server, tmp_path):  # your own repository and flags
         server = start_zoo_server(tmp_path, "--allow-model-control")
 
+    export_model(repository, "my_cnn", version=2)  # a random model: *_mlp, *_cnn, *_slow
+
 `served_repository` is the shipped `model_repository/` once it holds models, else the
 tiny test repository (`tiny_repository`: models "tiny_mlp" and "tiny_cnn", version 1).
 """
@@ -95,6 +97,12 @@ def export_tiny_model(
     (model_dir / "card.json").write_text(card.to_json())
     write_model_config(model_dir, config_for_card(card, max_batch_size=64))
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def export_model() -> Callable[..., Path]:
+    """export_tiny_model, for tests that build their own repositories."""
+    return export_tiny_model
 
 
 @pytest.fixture(scope="session")

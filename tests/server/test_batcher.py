@@ -177,3 +177,16 @@ def test_the_leader_waits_for_a_preferred_size_only_when_requests_are_queueing()
         for f in [first, *early, *late]:
             f.result(5)
     assert run.sizes == [1, 4]
+
+
+def test_grpcs_no_deadline_of_centuries_is_no_deadline() -> None:
+    run = Recorder()
+    batcher = _batcher(run)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher.submit, _x(0), 1)
+        run.entered.wait(5)
+        queued = pool.submit(batcher.submit, _x(1), 1, Context(remaining=3e9))
+        _wait_queued(batcher, 1)
+        run.release.set()
+        assert queued.result(5).batch_size == 1
+        first.result(5)

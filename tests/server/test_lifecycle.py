@@ -1,0 +1,255 @@
+"""Server lifecycle against real processes: SIGTERM with grace, repository polling,
+model control, queue limits and deadlines, the CLI's one-line errors, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proto import grpc_service_pb2 as pb
+from proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from zoo.repository import config_for_card, read_card, write_model_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOW_BATCH = 64  # ~0.3 s per call of the slow model on 2 cores
+
+
+@pytest.fixture(scope="module")
+def slow_repository(tmp_path_factory: pytest.TempPathFactory, export_model) -> Path:
+    """One slow model whose queue holds at most 2 requests."""
+    repository = tmp_path_factory.mktemp("slow")
+    model_dir = export_model(repository, "tiny_slow")
+    card = read_card(model_dir)
+    write_model_config(model_dir, config_for_card(card, max_batch_size=64, max_queue_size=2))
+    return repository
+
+
+def _stub(address: str) -> GRPCInferenceServiceStub:
+    return GRPCInferenceServiceStub(grpc.insecure_channel(address))
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)
+
+
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_0(
+    start_zoo_server, slow_repository: Path, request_for, random_images
+) -> None:
+    server = start_zoo_server(slow_repository, "--grace", "20")
+    stub = _stub(server.address)
+    request = request_for("tiny_slow", random_images(SLOW_BATCH))
+    with ThreadPoolExecutor(3) as pool:
+        in_flight = [pool.submit(stub.ModelInfer, request, timeout=60) for _ in range(3)]
+        _wait_for(lambda: "tiny_slow" in _stats_in_flight(server))
+        server.process.send_signal(signal.SIGTERM)
+        replies = [f.result() for f in in_flight]
+    assert all(len(r.outputs) == 2 for r in replies)
+    assert server.process.wait(30) == 0
+    assert "SIGTERM: stopping" in server.log()
+
+
+def _stats_in_flight(server) -> str:
+    # The metrics endpoint shows a request in flight once the server has it.
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    lines = [ln for ln in text.splitlines() if ln.startswith("zoo_inference_in_flight{")]
+    return " ".join(ln for ln in lines if not ln.endswith(" 0.0"))
+
+
+def test_past_the_queue_limit_requests_get_resource_exhausted_and_others_are_served(
+    start_zoo_server, slow_repository: Path, request_for, random_images
+) -> None:
+    stub = _stub(start_zoo_server(slow_repository).address)
+    request = request_for("tiny_slow", random_images(SLOW_BATCH))
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: _code(lambda: stub.ModelInfer(request)), range(8)))
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    assert grpc.StatusCode.OK in codes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert _code(lambda: stub.ModelInfer(request_for("tiny_slow", random_images(1)))) == (
+        grpc.StatusCode.OK
+    )
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_is_not_computed(
+    start_zoo_server, slow_repository: Path, request_for, random_images
+) -> None:
+    stub = _stub(start_zoo_server(slow_repository).address)
+    big = request_for("tiny_slow", random_images(SLOW_BATCH))
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(stub.ModelInfer, big)
+        time.sleep(0.1)
+        late = _code(
+            lambda: stub.ModelInfer(request_for("tiny_slow", random_images(3)), timeout=0.05)
+        )
+        running.result()
+    assert late == grpc.StatusCode.DEADLINE_EXCEEDED
+    (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="tiny_slow")).model_stats
+    assert 3 not in {b.batch_size for b in stats.batch_stats}
+
+
+def test_polling_swaps_versions_without_failing_requests_and_reports_broken_models(
+    start_zoo_server,
+    tiny_repository: Path,
+    tmp_path: Path,
+    export_model,
+    request_for,
+    random_images,
+) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(tiny_repository / "tiny_mlp", repository / "tiny_mlp")
+    server = start_zoo_server(repository, "--poll-interval", "0.2")
+    stub = _stub(server.address)
+    errors: list[grpc.StatusCode] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        request = request_for("tiny_mlp", random_images(2))
+        while not stop.is_set():
+            code = _code(lambda: stub.ModelInfer(request))
+            if code != grpc.StatusCode.OK:
+                errors.append(code)
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    try:
+        export_model(repository, "tiny_mlp", version=2, seed=1)
+        _wait_for(lambda: _versions(stub, "tiny_mlp") == ["2"])
+    finally:
+        stop.set()
+        worker.join()
+    assert errors == []
+    reply = stub.ModelInfer(request_for("tiny_mlp", random_images(1)))
+    assert reply.model_version == "2"
+    index = {
+        (m.name, m.version): m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    }
+    assert index[("tiny_mlp", "1")].state == "UNAVAILABLE"
+    assert index[("tiny_mlp", "1")].reason == "unloaded"
+
+    broken = repository / "broken"
+    (broken / "1").mkdir(parents=True)
+    (broken / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    card = read_card(repository / "tiny_mlp").model_copy(update={"name": "broken"})
+    write_model_config(broken, config_for_card(card))
+    _wait_for(lambda: "broken" in {m.name for m in _index(stub)})
+    (entry,) = [m for m in _index(stub) if m.name == "broken"]
+    assert entry.state == "UNAVAILABLE" and "onnxruntime cannot load it" in entry.reason
+    assert _code(lambda: stub.ModelInfer(request_for("broken", random_images(1)))) == (
+        grpc.StatusCode.UNAVAILABLE
+    )
+
+    shutil.rmtree(repository / "tiny_mlp")
+    _wait_for(lambda: not stub.ModelReady(pb.ModelReadyRequest(name="tiny_mlp")).ready)
+    assert _code(lambda: stub.ModelInfer(request_for("tiny_mlp", random_images(1)))) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+
+
+def _versions(stub: GRPCInferenceServiceStub, name: str) -> list[str]:
+    try:
+        return list(stub.ModelMetadata(pb.ModelMetadataRequest(name=name)).versions)
+    except grpc.RpcError:
+        return []
+
+
+def _index(stub: GRPCInferenceServiceStub) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+    return list(stub.RepositoryIndex(pb.RepositoryIndexRequest()).models)
+
+
+def test_model_control_unloads_and_loads_with_health_following(
+    start_zoo_server, tiny_repository: Path, request_for, random_images
+) -> None:
+    server = start_zoo_server(tiny_repository, "--allow-model-control")
+    channel = grpc.insecure_channel(server.address)
+    stub, health = GRPCInferenceServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+
+    def model_health() -> int:
+        return health.Check(health_pb2.HealthCheckRequest(service="tiny_cnn")).status
+
+    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tiny_cnn"))
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="tiny_cnn")).ready
+    assert model_health() == health_pb2.HealthCheckResponse.NOT_SERVING
+    request = request_for("tiny_cnn", random_images(1))
+    assert _code(lambda: stub.ModelInfer(request)) == grpc.StatusCode.UNAVAILABLE
+    assert stub.ModelReady(pb.ModelReadyRequest(name="tiny_mlp")).ready
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny_cnn"))
+    assert model_health() == health_pb2.HealthCheckResponse.SERVING
+    assert len(stub.ModelInfer(request).outputs) == 2
+    missing = pb.RepositoryModelLoadRequest(model_name="nope")
+    assert _code(lambda: stub.RepositoryModelLoad(missing)) == grpc.StatusCode.NOT_FOUND
+
+
+def _serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "--repository: Field required"),
+        (("--repository", "/nonexistent", "--metrics-port", "-1"), "is not a directory"),
+        (("--repository", ".", "--device", "cuda"), "--device cuda: onnxruntime has no"),
+        (("--repository", ".", "--port", "70000"), "--port: Input should be less than"),
+    ],
+)
+def test_cli_mistakes_exit_2_with_one_line(args: tuple[str, ...], message: str) -> None:
+    done = _serve(*args)
+    assert done.returncode == 2
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("zoo serve: error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_port_in_use_is_one_line(zoo_server) -> None:
+    port = zoo_server.address.rsplit(":", 1)[1]
+    done = _serve("--repository", ".", "--host", "127.0.0.1", "--port", port)
+    assert done.returncode == 2 and "(in use?)" in done.stderr, done.stderr
+
+
+def test_json_logs(start_zoo_server, tiny_repository: Path) -> None:
+    server = start_zoo_server(tiny_repository, "--log-format", "json")
+    assert server.stop() == 0
+    records = [json.loads(line) for line in server.log().splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    assert any("loaded tiny_mlp version 1" in r["message"] for r in records)
+
+
+def test_random_bytes_as_perf_analyzer_sends_are_served(
+    zoo_server, request_for, model_names: list[str]
+) -> None:
+    # NaN and Inf in, a reply out: the server does not judge the values.
+    noise = np.frombuffer(np.random.default_rng(0).bytes(784 * 4 * 2), "<f4").reshape(2, 1, 28, 28)
+    reply = _stub(zoo_server.address).ModelInfer(request_for(model_names[0], noise))
+    assert [list(o.shape) for o in reply.outputs] == [[2, 10], [2, 10]]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -13,40 +11,23 @@ import grpc
 import numpy as np
 
 from client import protocol
-from client.channel import Connection, RoundRobin, deadline_error, should_retry
-from client.errors import InferenceServerException
+from client.base import Attempts, ClientBase
 from client.images import ImageLike, load_images
 from client.prediction import Prediction
-from client.sync import make_connection
 from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
 from zoo.card import ModelCard
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class AsyncZooClient:
+class AsyncZooClient(ClientBase):
     """Asyncio client; create it inside a running event loop (grpc.aio binds to it).
 
     async with AsyncZooClient("127.0.0.1:8001") as client:
         prediction = await client.infer("bn_cnn", images)
     """
 
-    def __init__(self, url: str | Sequence[str], **options: Any) -> None:
-        self.connection: Connection = options.pop("connection", None) or make_connection(
-            url, **options
-        )
-        self._channels = [self._open(target) for target in self.connection.targets]
-        stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self._channels]
-        self._stubs = RoundRobin(list(zip(self.connection.targets, stubs, strict=True)))
-        self._models: dict[tuple[str, str], protocol.ServedModel] = {}
-
-    def _open(self, target: str) -> grpc.aio.Channel:
-        credentials = self.connection.credentials()
-        if credentials is None:
-            return grpc.aio.insecure_channel(target, options=self.connection.options())
-        return grpc.aio.secure_channel(target, credentials, options=self.connection.options())
+    _grpc = grpc.aio
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels))
@@ -60,29 +41,20 @@ class AsyncZooClient:
         await self.close()
 
     async def _run(self, call: protocol.Call[T], timeout: float | None = None) -> T:
-        timeout = timeout or self.connection.timeout_s
-        deadline = time.monotonic() + timeout
-        last: InferenceServerException | None = None
-        for backoff in self.connection.retry.backoffs(call.idempotent):
-            if time.monotonic() + backoff >= deadline:
-                break
+        attempts = Attempts(self.connection, call, timeout)
+        for backoff in attempts:
             if backoff:
                 await asyncio.sleep(backoff)
             target, stub = self._stubs.next()
             try:
                 reply = await getattr(stub, call.rpc)(
-                    call.request,
-                    timeout=deadline - time.monotonic(),
-                    metadata=self.connection.metadata,
+                    call.request, timeout=attempts.remaining(), metadata=self.connection.metadata
                 )
             except grpc.RpcError as error:
-                last = InferenceServerException.from_rpc_error(error, target)
-                if not should_retry(error):
-                    raise last from None
-                log.debug("%s on %s: %s; retrying", call.rpc, target, last)
+                attempts.failed(error, target)
                 continue
             return call.parse(reply)
-        raise deadline_error(timeout, last)
+        raise attempts.exhausted()
 
     async def is_server_live(self) -> bool:
         return await self._run(protocol.server_live())

@@ -1,4 +1,4 @@
-"""What the sync and asyncio clients share: addresses, credentials, deadlines and retries."""
+"""How to reach the servers: addresses, credentials, options, and the retry policy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from client.errors import RETRYABLE_CODES, InferenceServerException
 from zoo.errors import InvalidArgumentError
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -91,17 +90,3 @@ class RoundRobin:
     def next(self) -> tuple[str, object]:
         # itertools.count's next() is atomic under the GIL, so threads may share this.
         return self._pairs[next(self._turn) % len(self._pairs)]
-
-
-def should_retry(error: grpc.RpcError) -> bool:
-    return error.code() in RETRYABLE_CODES
-
-
-def deadline_error(
-    timeout_s: float, last: InferenceServerException | None
-) -> InferenceServerException:
-    if last is not None:
-        return last
-    return InferenceServerException(
-        grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply within {timeout_s:g} s"
-    )

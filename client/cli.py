@@ -38,7 +38,7 @@ def client_parser(prog: str, description: str) -> OneLineParser:
 def open_client(args: argparse.Namespace) -> ZooClient:
     """A client from the connection flags; they are checked before anything else is done."""
     connection = settings_from_args(ClientSettings, args).connection()
-    return ZooClient(connection.targets, connection=connection)
+    return ZooClient(connection=connection)
 
 
 def read_inputs(paths: list[str]) -> tuple[list[str], np.ndarray]:

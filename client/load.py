@@ -261,7 +261,7 @@ def main(argv: list[str]) -> int:
     add_settings_arguments(parser, LoadSettings)
     settings = settings_from_args(LoadSettings, parser.parse_args(argv))
     loads = plan_loads(settings)
-    with ZooClient(settings.url, connection=settings.connection()) as client:
+    with ZooClient(connection=settings.connection()) as client:
         metadata = client.metadata(settings.model, settings.version)
     requests = build_requests(settings, metadata)
     runs = [run_one(settings, requests, concurrency, rate) for concurrency, rate in loads]

@@ -138,7 +138,7 @@ async def _report(recorder: Recorder, index: int, messages: Any) -> None:
 
 async def _generate(job: GeneratorJob, messages: Any, go: Any, start_at: Any) -> Records:
     requests = [pb.ModelInferRequest.FromString(r) for r in job.requests]
-    async with AsyncZooClient(job.connection.targets, connection=job.connection) as client:
+    async with AsyncZooClient(connection=job.connection) as client:
         await client.is_server_live()  # connect now, so the first measured request does not
         messages.put(("ready", job.index, None))
         await asyncio.get_running_loop().run_in_executor(None, go.wait)

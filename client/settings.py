@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import Field
 
+from client.base import make_connection
 from client.channel import DEFAULT_TIMEOUT_S, Connection, RetryPolicy
-from client.sync import make_connection
 from zoo.errors import InvalidArgumentError
 from zoo.settings import ZooSettings
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -13,51 +11,16 @@ import grpc
 import numpy as np
 
 from client import protocol
-from client.channel import (
-    DEFAULT_TIMEOUT_S,
-    Connection,
-    RetryPolicy,
-    RoundRobin,
-    deadline_error,
-    parse_targets,
-    should_retry,
-)
-from client.errors import InferenceServerException
+from client.base import Attempts, ClientBase
 from client.images import ImageLike, load_images
 from client.prediction import Prediction
 from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
 from zoo.card import ModelCard
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def make_connection(
-    url: str | Sequence[str],
-    *,
-    timeout: float = DEFAULT_TIMEOUT_S,
-    tls: bool = False,
-    root_certificates: bytes | str | Path | None = None,
-    server_name: str | None = None,
-    token: str | None = None,
-    retry: RetryPolicy | None = None,
-) -> Connection:
-    """Validate the keyword options both clients take into one `Connection`."""
-    if isinstance(root_certificates, (str, Path)):
-        root_certificates = Path(root_certificates).read_bytes()
-    return Connection(
-        targets=parse_targets(url),
-        timeout_s=timeout,
-        tls=tls,
-        root_certificates=root_certificates,
-        server_name=server_name,
-        token=token,
-        retry=retry or RetryPolicy(),
-    )
-
-
-class ZooClient:
+class ZooClient(ClientBase):
     """Blocking client for one server or, round-robin, several.
 
         with ZooClient("127.0.0.1:8001") as client:
@@ -66,21 +29,6 @@ class ZooClient:
     Every call has a deadline (`timeout` seconds, per call overridable); UNAVAILABLE is
     retried with exponential backoff, on the next address, within that deadline.
     """
-
-    def __init__(self, url: str | Sequence[str], **options: Any) -> None:
-        self.connection = options.pop("connection", None) or make_connection(url, **options)
-        self._channels = [self._open(target) for target in self.connection.targets]
-        stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self._channels]
-        self._stubs = RoundRobin(list(zip(self.connection.targets, stubs, strict=True)))
-        # Card and batch limit are fetched once per (model, version): they do not change
-        # while a version is served, and refetching would double every infer's round trips.
-        self._models: dict[tuple[str, str], protocol.ServedModel] = {}
-
-    def _open(self, target: str) -> grpc.Channel:
-        credentials = self.connection.credentials()
-        if credentials is None:
-            return grpc.insecure_channel(target, options=self.connection.options())
-        return grpc.secure_channel(target, credentials, options=self.connection.options())
 
     def close(self) -> None:
         for channel in self._channels:
@@ -93,28 +41,20 @@ class ZooClient:
         self.close()
 
     def _run(self, call: protocol.Call[T], timeout: float | None = None) -> T:
-        timeout = timeout or self.connection.timeout_s
-        deadline = time.monotonic() + timeout
-        last: InferenceServerException | None = None
-        for backoff in self.connection.retry.backoffs(call.idempotent):
-            if time.monotonic() + backoff >= deadline:
-                break
-            time.sleep(backoff)
+        attempts = Attempts(self.connection, call, timeout)
+        for backoff in attempts:
+            if backoff:
+                time.sleep(backoff)
             target, stub = self._stubs.next()
             try:
                 reply = getattr(stub, call.rpc)(
-                    call.request,
-                    timeout=deadline - time.monotonic(),
-                    metadata=self.connection.metadata,
+                    call.request, timeout=attempts.remaining(), metadata=self.connection.metadata
                 )
             except grpc.RpcError as error:
-                last = InferenceServerException.from_rpc_error(error, target)
-                if not should_retry(error):
-                    raise last from None
-                log.debug("%s on %s: %s; retrying", call.rpc, target, last)
+                attempts.failed(error, target)
                 continue
             return call.parse(reply)
-        raise deadline_error(timeout, last)
+        raise attempts.exhausted()
 
     # tritonclient-style calls, returning protobuf replies or plain values.
     def is_server_live(self) -> bool:

@@ -158,3 +158,8 @@ def test_usage_errors(zoo_server, model, tmp_path) -> None:
     assert_one_line_error(
         zoo("infer", "--timeout", "-1", "--model", model, "x.png"), 2, "--timeout"
     )
+
+
+def test_missing_ca_certificate_is_a_usage_error(tmp_path) -> None:
+    result = zoo("models", "--url", "127.0.0.1:1", "--ca-cert", str(tmp_path / "ca.pem"))
+    assert_one_line_error(result, 2, "--ca-cert")

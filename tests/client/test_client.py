@@ -152,3 +152,12 @@ def test_token_is_sent_as_bearer_metadata(zoo_server) -> None:
     with ZooClient(zoo_server.address, token="s3cret") as client:
         assert client.connection.metadata == (("authorization", "Bearer s3cret"),)
         assert client.is_server_live()
+
+
+def test_tls_is_negotiated_not_skipped(zoo_server) -> None:
+    # The server speaks plaintext only: a TLS client must fail its handshake, never fall back.
+    once = RetryPolicy(attempts=1)
+    client = ZooClient(zoo_server.address, tls=True, retry=once, timeout=5.0)
+    with client, pytest.raises(InferenceServerException) as error:
+        client.is_server_live()
+    assert error.value.code == "UNAVAILABLE"

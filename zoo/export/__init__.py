@@ -12,7 +12,7 @@ from zoo.export.fold import (
     fold_model,
     remove_parametrizations,
 )
-from zoo.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, check_graph, export_onnx
+from zoo.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, check_graph, export_onnx, trace_onnx
 from zoo.export.pipeline import ExportResult, ExportSettings, export_model
 from zoo.export.verify import Verification, read_test_data_set, verify, write_test_data_set
 
@@ -31,6 +31,7 @@ __all__ = [
     "fold_model",
     "read_test_data_set",
     "remove_parametrizations",
+    "trace_onnx",
     "verify",
     "write_test_data_set",
 ]

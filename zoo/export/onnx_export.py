@@ -52,16 +52,23 @@ class WithProbabilities(nn.Module):
 
 def export_onnx(model: nn.Module, card: ModelCard, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Trace `model` (eval mode, already folded) into a checked ONNX graph carrying `card`."""
-    if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} is too old: expected {MIN_OPSET} or newer")
-    example = torch.rand(TRACE_BATCH, *card.inputs[0].shape[1:])
-    proto = _trace(WithProbabilities(model).eval(), example, opset)
+    proto = trace_onnx(model, card.inputs[0].shape[1:], opset)
     check_graph(proto, card)
     set_card(proto, card.model_copy(update={"opset": opset}))
     return proto
 
 
-def _trace(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def trace_onnx(
+    model: nn.Module, image_shape: tuple[int, ...], opset: int, *, optimize: bool = True
+) -> onnx.ModelProto:
+    """The raw graph of `model` plus softmax, batch axis dynamic; nothing checked.
+
+    `optimize=False` skips the onnxscript optimiser, which would fold BatchNorm itself:
+    the benchmark needs that to compare against a graph that still has its BN nodes.
+    """
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: expected {MIN_OPSET} or newer")
+    example = torch.rand(TRACE_BATCH, *image_shape)
     batch = torch.export.Dim(BATCH_DIM, min=1)
     # The exporter reports its stages with print() and warns about its own internals;
     # keep the CLI's progress readable and log the transcript at debug level instead.
@@ -75,7 +82,7 @@ def _trace(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelPro
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
-                model,
+                WithProbabilities(model).eval(),
                 (example,),
                 dynamo=True,
                 external_data=False,  # one self-contained model.onnx, not model.onnx + .data
@@ -83,7 +90,7 @@ def _trace(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelPro
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_LOGITS, OUTPUT_PROBABILITIES],
                 dynamic_shapes=({0: batch},),
-                optimize=True,
+                optimize=optimize,
                 verbose=False,
             )
         except Exception as error:  # the exporter raises many kinds; the user needs its first line

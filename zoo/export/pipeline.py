@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from zoo import repository
@@ -73,6 +73,15 @@ class ExportSettings(ZooSettings):
     )
     max_queue_delay_us: int = Field(500, ge=0, description="config.pbtxt max queue delay (µs)")
     progress: bool = Field(True, description="show a progress bar")
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _within_max_batch(cls, sizes: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        # Triton refuses a config whose preferred batch size exceeds max_batch_size.
+        limit = info.data.get("max_batch_size", 0)
+        if any(not 1 <= size <= limit for size in sizes):
+            raise ValueError(f"each must be between 1 and --max-batch-size {limit}")
+        return sizes
 
 
 @dataclass(frozen=True)

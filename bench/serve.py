@@ -1,0 +1,294 @@
+"""Serving benchmark (issue 4, item 9): our server against a no-op gRPC server and
+in-process onnxruntime, per model, under the same load, in one run.
+
+    python bench/serve.py [--repository model_repository] [--models a,b] [--seconds 2]
+
+Loads: batch 1 at concurrency 1, 8 and 32; batch 32 at concurrency 4. Over gRPC the load
+comes from Triton's perf_analyzer (C++: the client costs the shared CPUs little); the
+no-op server is the same grpcio stack and protocol answering canned replies without
+decoding or computing: the ceiling of a Python gRPC server on this machine. In-process
+onnxruntime runs the same closed loop with threads calling session.run.
+
+Writes bench/results/serve.json and bench/results/serve.md (the README table), and
+prints the table. `--noop-server` runs the no-op server itself (used by the benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from proto import grpc_service_pb2 as pb  # noqa: E402
+from zoo.repository import list_models, list_versions, model_file, read_model_config  # noqa: E402
+
+log = logging.getLogger("bench.serve")
+
+LOADS = ((1, 1), (1, 8), (1, 32), (32, 4))  # (batch, concurrency)
+PERF_ANALYZER = ROOT / ".venv" / "bin" / "perf_analyzer"
+RESULTS = ROOT / "bench" / "results"
+_READY = re.compile(r"ready on (\S+):(\d+)")
+
+
+# -- the no-op server ----------------------------------------------------------------
+
+
+def run_noop_server(repository: Path) -> int:
+    """Serve metadata/config like our server, and canned ModelInfer replies."""
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    import grpc
+
+    from proto.grpc_service_pb2_grpc import (
+        GRPCInferenceServiceServicer,
+        add_GRPCInferenceServiceServicer_to_server,
+    )
+    from server.core import InferenceCore
+    from server.settings import ServeSettings
+
+    core = InferenceCore(ServeSettings(repository=repository, device="cpu"))
+    core.start()
+    canned: dict[tuple[str, int], pb.ModelInferResponse] = {}
+
+    def reply(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        batch = request.inputs[0].shape[0]
+        key = (request.model_name, batch)
+        if key not in canned:
+            response = pb.ModelInferResponse(model_name=request.model_name, model_version="1")
+            for name in ("logits", "probabilities"):
+                response.outputs.add(name=name, datatype="FP32", shape=[batch, 10])
+                response.raw_output_contents.append(bytes(4 * 10 * batch))
+            canned[key] = response
+        return canned[key]
+
+    class Noop(GRPCInferenceServiceServicer):
+        def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+            return pb.ServerMetadataResponse(name="noop", version="0")  # no statistics
+
+        def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+            return core.model_metadata(request.name, request.version)
+
+        def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+            return core.model_config(request.name, request.version)
+
+        def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+            return reply(request)
+
+    server = grpc.server(Pool(max_workers=64), options=[("grpc.so_reuseport", 0)])
+    add_GRPCInferenceServiceServicer_to_server(Noop(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"noop: ready on 127.0.0.1:{port}", flush=True)
+    server.wait_for_termination()
+    return 0
+
+
+# -- measuring -----------------------------------------------------------------------
+
+
+class ServerProcess:
+    def __init__(self, command: list[str], log_path: Path) -> None:
+        start = time.perf_counter()
+        with log_path.open("w") as log_file:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True
+            )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        self.ready_s = time.perf_counter() - start
+        match = _READY.search(line)
+        if match is None:
+            self.process.kill()
+            raise RuntimeError(f"{command}: did not start:\n{log_path.read_text()[-2000:]}")
+        self.address = f"{match.group(1)}:{match.group(2)}"
+
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kb = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
+        return int(kb.group(1)) / 1024 if kb else float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def perf_analyzer(address: str, model: str, batch: int, concurrency: int, seconds: float) -> dict:
+    """One perf_analyzer run: requests/s, images/s, p50/p99 ms (client side)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.csv"
+        command = [str(PERF_ANALYZER), "-m", model, "-u", address, "-i", "grpc"]
+        command += ["-b", str(batch), "--concurrency-range", str(concurrency)]
+        # Stability (-s) as loose as it goes: on a shared 2-core machine windows rarely
+        # agree within perf_analyzer's default 10% and the run would abort. (Its
+        # --request-count mode misreports throughput for runs under a second.)
+        command += ["--measurement-interval", str(int(seconds * 1000)), "-s", "1000"]
+        command += ["--input-data", "zero", "-f", str(report)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0 or not report.exists():
+            raise RuntimeError(f"perf_analyzer failed:\n{done.stdout[-1500:]}{done.stderr[-500:]}")
+        (row,) = list(csv.DictReader(report.open()))
+    images = float(row["Inferences/Second"])
+    return {
+        "requests_per_s": images / batch,
+        "images_per_s": images,
+        "p50_ms": int(row["p50 latency"]) / 1000,
+        "p99_ms": int(row["p99 latency"]) / 1000,
+    }
+
+
+def in_process(path: Path, batch: int, concurrency: int, seconds: float) -> dict:
+    """The same closed loop on an in-process onnxruntime session."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {"images": np.zeros((batch, 1, 28, 28), np.float32)}
+    session.run(None, feed)
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    stop = threading.Event()
+
+    def loop(mine: list[float]) -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            mine.append(time.perf_counter() - t0)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        for mine in latencies:
+            pool.submit(loop, mine)
+        time.sleep(seconds)
+        stop.set()
+    all_latencies = np.concatenate([np.array(x) for x in latencies])
+    requests = len(all_latencies) / seconds
+    return {
+        "requests_per_s": requests,
+        "images_per_s": requests * batch,
+        "p50_ms": float(np.percentile(all_latencies, 50) * 1000),
+        "p99_ms": float(np.percentile(all_latencies, 99) * 1000),
+    }
+
+
+def _served_file(repository: Path, model: str) -> Path:
+    model_dir = repository / model
+    config = read_model_config(model_dir)
+    version = list_versions(model_dir, config.version_policy)[-1]
+    return model_file(model_dir, version, config)
+
+
+def bench_server(
+    kind: str, command: list[str], models: list[str], seconds: float, log_dir: Path
+) -> dict:
+    server = ServerProcess(command, log_dir / f"{kind}.log")
+    try:
+        result: dict[str, Any] = {"ready_s": server.ready_s, "rss_idle_mb": server.rss_mb()}
+        for model in models:
+            for batch, concurrency in LOADS:
+                key = f"{model} b{batch} c{concurrency}"
+                result[key] = perf_analyzer(server.address, model, batch, concurrency, seconds)
+                log.info("%-5s %s: %s", kind, key, _brief(result[key]))
+        result["rss_peak_mb"] = server.rss_mb("VmHWM")
+        return result
+    finally:
+        server.stop()
+
+
+def _brief(row: dict) -> str:
+    return f"{row['requests_per_s']:.0f} req/s, p50 {row['p50_ms']:.2f} ms"
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+def table(results: dict, models: list[str]) -> str:
+    zoo, noop, local = results["zoo"], results["noop"], results["onnxruntime"]
+    lines = [
+        "| model | batch | conc. | zoo req/s | zoo img/s | p50 ms | p99 ms | no-op req/s "
+        "| zoo/no-op | in-process img/s | zoo/in-process |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in models:
+        for batch, concurrency in LOADS:
+            key = f"{model} b{batch} c{concurrency}"
+            z, n, o = zoo[key], noop[key], local[key]
+            lines.append(
+                f"| {model} | {batch} | {concurrency} | {z['requests_per_s']:.0f} "
+                f"| {z['images_per_s']:.0f} | {z['p50_ms']:.2f} | {z['p99_ms']:.2f} "
+                f"| {n['requests_per_s']:.0f} | {z['requests_per_s'] / n['requests_per_s']:.0%} "
+                f"| {o['images_per_s']:.0f} | {z['images_per_s'] / o['images_per_s']:.0%} |"
+            )
+    lines.append("")
+    lines.append(
+        f"Our server: ready in {zoo['ready_s']:.2f} s with {len(models)} models, RSS "
+        f"{zoo['rss_idle_mb']:.0f} MB idle, {zoo['rss_peak_mb']:.0f} MB peak; no-op server "
+        f"RSS {noop['rss_peak_mb']:.0f} MB peak. Load: perf_analyzer -i grpc, "
+        f"{results['seconds']:.1f} s windows, client and server on the same "
+        f"{results['cpus']}-CPU machine."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--models", type=lambda s: s.split(","), help="default: all")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measurement window")
+    parser.add_argument("--output", type=Path, default=RESULTS / "serve.json")
+    parser.add_argument("--noop-server", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.noop_server:
+        return run_noop_server(args.repository)
+    if not PERF_ANALYZER.exists():
+        raise SystemExit(f"{PERF_ANALYZER} missing: run bash tools/install-perf-analyzer.sh")
+    models = args.models or list_models(args.repository)
+    repo = str(args.repository)
+    python = sys.executable
+    results: dict[str, Any] = {
+        "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "models": models,
+    }
+    with tempfile.TemporaryDirectory() as logs:
+        zoo_command = [python, "-m", "server", "--repository", repo, "--host", "127.0.0.1"]
+        zoo_command += ["--port", "0", "--metrics-port", "-1", "--device", "cpu"]
+        results["zoo"] = bench_server("zoo", zoo_command, models, args.seconds, Path(logs))
+        noop_command = [python, str(Path(__file__).resolve()), "--noop-server"]
+        noop_command += ["--repository", repo]
+        results["noop"] = bench_server("noop", noop_command, models, args.seconds, Path(logs))
+    results["onnxruntime"] = {}
+    for model in models:
+        path = _served_file(args.repository, model)
+        for batch, concurrency in LOADS:
+            key = f"{model} b{batch} c{concurrency}"
+            results["onnxruntime"][key] = in_process(path, batch, concurrency, args.seconds)
+            log.info("ort   %s: %s", key, _brief(results["onnxruntime"][key]))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    markdown = table(results, models)
+    args.output.with_suffix(".md").write_text(markdown + "\n")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

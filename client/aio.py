@@ -128,9 +128,3 @@ class AsyncZooClient(ClientBase):
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         return await self._run(protocol.infer_raw(model, inputs, version, outputs), timeout)
-
-    async def model_infer(
-        self, request: pb.ModelInferRequest, timeout: float | None = None
-    ) -> pb.ModelInferResponse:
-        """Send a prebuilt request (the load tester builds its requests once, then repeats them)."""
-        return await self._run(protocol.model_infer(request), timeout)

@@ -76,6 +76,11 @@ class ClientBase:
         # while a version is served, and refetching would double every infer's round trips.
         self._models: dict[tuple[str, str], protocol.ServedModel] = {}
 
+    @property
+    def channels(self) -> list[Any]:
+        """The open channels, one per address (for raw RPCs, as the load generator sends)."""
+        return list(self._channels)
+
     def _open(self, target: str) -> Any:
         credentials = self.connection.credentials()
         if credentials is None:

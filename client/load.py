@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 # answer from a cache, while building them costs nothing during the run.
 REQUEST_POOL = 16
 RATE_WINDOW_S = 1.0
+CONCURRENCY_PER_PROCESS = 8
+RATE_PER_PROCESS = 2000.0
 
 
 class LoadSettings(ClientSettings):
@@ -53,7 +56,7 @@ class LoadSettings(ClientSettings):
     processes: int | None = Field(
         None,
         ge=1,
-        description="generator processes (default: one per CPU, at most one per in-flight request)",
+        description="generator processes (default: 1 per 8 in flight or 2,000 req/s, <= CPUs)",
     )
     input: Literal["mnist", "zeros", "random"] = Field("random", description="request payload")
     sweep: list[float] | None = Field(
@@ -131,13 +134,25 @@ def build_requests(settings: LoadSettings, metadata: ModelMetadata) -> tuple[byt
     )
 
 
+def default_processes(concurrency: int | None, rate: float | None) -> int:
+    """Enough generator processes for the load, never more than the CPUs.
+
+    Every process costs CPU that, on a machine shared with the server, the server loses:
+    one asyncio process keeps CONCURRENCY_PER_PROCESS requests in flight, or sends
+    RATE_PER_PROCESS requests/s, without being the bottleneck (measured here).
+    """
+    wanted = (
+        concurrency / CONCURRENCY_PER_PROCESS if concurrency else (rate or 0.0) / RATE_PER_PROCESS
+    )
+    return max(1, min(os.cpu_count() or 1, math.ceil(wanted)))
+
+
 def run_one(
     settings: LoadSettings, requests: tuple[bytes, ...], concurrency: int | None, rate: float | None
 ) -> dict[str, Any]:
-    processes = settings.processes or min(os.cpu_count() or 1, concurrency or os.cpu_count() or 1)
-    connection = settings.connection(
-        retry=NO_RETRIES
-    )  # a load test counts failures, never hides them
+    processes = settings.processes or default_processes(concurrency, rate)
+    # A load test counts failures; retrying would hide them.
+    connection = settings.connection(retry=NO_RETRIES)
     end_s = settings.warmup + settings.duration
     jobs = [
         GeneratorJob(i, connection, requests, end_s, c, r, offset, settings.poisson, settings.seed)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import queue
+import selectors
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,7 +28,6 @@ from client.aio import AsyncZooClient
 from client.channel import Connection
 from client.errors import InferenceServerException
 from client.stats import OK, Records
-from proto import grpc_service_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ PROGRESS_INTERVAL_S = 0.5
 START_MARGIN_S = 0.2
 # Spawned processes import grpc and numpy before they are ready: allow them this long.
 READY_TIMEOUT_S = 60.0
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 Progress = Callable[[float, int, int], None]  # (seconds since start, successes, errors)
 
@@ -137,19 +138,28 @@ async def _report(recorder: Recorder, index: int, messages: Any) -> None:
 
 
 async def _generate(job: GeneratorJob, messages: Any, go: Any, start_at: Any) -> Records:
-    requests = [pb.ModelInferRequest.FromString(r) for r in job.requests]
     async with AsyncZooClient(connection=job.connection) as client:
-        await client.is_server_live()  # connect now, so the first measured request does not
+        await client.is_server_live()  # connect now, so that the first measured request does not
+        # Requests go out pre-serialized and replies stay bytes (their status says enough): on
+        # a machine shared with the server, the generator's CPU per request is taken from the
+        # server, and protobuf work was about a fifth of it.
+        calls = [
+            channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+            for channel in client.channels
+        ]
         messages.put(("ready", job.index, None))
         await asyncio.get_running_loop().run_in_executor(None, go.wait)
         recorder = Recorder(time.monotonic() + (start_at.value - time.time()))
+        metadata, timeout = job.connection.metadata, job.connection.timeout_s
 
         async def send(n: int, due: float) -> None:
             try:
-                await client.model_infer(requests[n % len(requests)])
+                await calls[n % len(calls)](
+                    job.requests[n % len(job.requests)], timeout=timeout, metadata=metadata
+                )
                 code = OK
-            except InferenceServerException as error:
-                code = error.status_code.value[0]
+            except grpc.RpcError as error:
+                code = error.code().value[0]
             recorder.add(due, code)
 
         reporter = asyncio.create_task(_report(recorder, job.index, messages))
@@ -162,12 +172,27 @@ async def _generate(job: GeneratorJob, messages: Any, go: Any, start_at: Any) ->
     return recorder.records()
 
 
+def precise_event_loop() -> asyncio.AbstractEventLoop:
+    """An event loop whose timers wake within microseconds, not a millisecond late.
+
+    The default epoll selector rounds every wait up to whole milliseconds; in an open loop
+    that lateness would count as latency (measured here: median 0.9 ms late with epoll,
+    0.15 ms with select). select() handles few descriptors, and a generator has few.
+    """
+    return asyncio.SelectorEventLoop(selectors.SelectSelector())
+
+
 def generator_main(job: GeneratorJob, messages: Any, go: Any, start_at: Any) -> None:
     """A generator process: report ready, wait for the common start, run, send the records."""
     # Ctrl-C goes to the whole process group: the parent decides, and stops its children.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        messages.put(("done", job.index, asyncio.run(_generate(job, messages, go, start_at))))
+        loop = precise_event_loop()
+        try:
+            records = loop.run_until_complete(_generate(job, messages, go, start_at))
+        finally:
+            loop.close()
+        messages.put(("done", job.index, records))
     except InferenceServerException as error:
         messages.put(
             ("server_error", job.index, (error.status_code.name, error.message, error.target))

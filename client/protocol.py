@@ -136,10 +136,6 @@ def served_model(name: str, version: str | int | None = None) -> Call[ServedMode
     )
 
 
-def model_infer(request: pb.ModelInferRequest) -> Call[pb.ModelInferResponse]:
-    return Call("ModelInfer", request, _same)
-
-
 def infer_raw(
     name: str,
     inputs: Mapping[str, np.ndarray],

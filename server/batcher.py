@@ -1,12 +1,13 @@
 """Dynamic batching without a scheduler thread: the caller that finds the model idle runs.
 
-A request that arrives while the model is idle runs at once, on its own thread: no
-hand-off to a scheduler and no waiting (the Python gRPC stack is the bottleneck at
-batch 1, see FACTS.md). Requests that arrive while a session call is running queue;
-when the call ends, its runner hands the lead to the oldest queued request, whose
-thread takes as many queued requests as fit in `max_batch_size`, waits up to
-`max_queue_delay` for a preferred batch size, and runs them as one session call.
-So batches form exactly when the model is busy, the only time they help.
+A request that arrives while fewer than `instances` session calls run (Triton's
+instance_group count) runs at once, on its own thread: no hand-off to a scheduler and
+no waiting (the Python gRPC stack is the bottleneck at batch 1, see FACTS.md). Requests
+that arrive while all instances are busy queue; when a call ends, its runner hands the
+lead to the oldest queued request, whose thread takes as many queued requests as fit in
+`max_batch_size`, waits up to `max_queue_delay` for a preferred batch size, and runs
+them as one session call. So batches form exactly when the model is busy, the only
+time they help.
 
 Past `max_queue_size` queued requests a request gets RESOURCE_EXHAUSTED; one whose
 deadline passes while queued is dropped, not computed; a cancelled one leaves the queue.
@@ -19,8 +20,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -52,21 +53,21 @@ class CallContext(Protocol):
     def add_callback(self, callback: Callable[[], None]) -> bool: ...
 
 
-@dataclass(frozen=True)
-class BatchResult:
+class BatchResult(NamedTuple):
     outputs: list[np.ndarray]
     queue_ns: int
     timing: BatchTiming
     batch_size: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Pending:
     inputs: dict[str, np.ndarray]
     size: int
     deadline: float | None  # time.monotonic()
     arrived_ns: int
-    done: threading.Event = field(default_factory=threading.Event)
+    # Only a queued request waits, so only it gets an Event (the idle path makes none).
+    done: threading.Event | None = None
     queued: bool = False
     lead: bool = False
     error: ZooError | None = None
@@ -77,7 +78,11 @@ class _Pending:
 
     def fail(self, error: ZooError) -> None:
         self.error = error
-        self.done.set()
+        self.wake()
+
+    def wake(self) -> None:
+        if self.done is not None:
+            self.done.set()
 
     def outcome(self) -> BatchResult:
         if self.error is not None:
@@ -109,6 +114,7 @@ class DynamicBatcher:
         preferred_batch_sizes: tuple[int, ...] = (),
         max_queue_delay_s: float = 0.0,
         max_queue_size: int = 0,
+        instances: int = 1,
         on_execution: Callable[[int, BatchTiming], None] = lambda size, timing: None,
     ) -> None:
         self._run = run
@@ -122,7 +128,8 @@ class DynamicBatcher:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._queue: deque[_Pending] = deque()
-        self._busy = False
+        self._instances = max(instances, 1)
+        self._running = 0  # session calls in progress, at most `instances`
         self._gathering = False
 
     def submit(
@@ -131,9 +138,9 @@ class DynamicBatcher:
         """Run `inputs` (batch `size`), alone or batched with others; blocks until done."""
         pending = _Pending(inputs, size, _deadline(ctx), time.perf_counter_ns())
         with self._lock:
-            leads = not self._busy
+            leads = self._running < self._instances
             if leads:
-                self._busy = True
+                self._running += 1
             else:
                 self._enqueue(pending)
         if not leads:
@@ -152,11 +159,13 @@ class DynamicBatcher:
                 f"{self._max_queue_size}); retry later"
             )
         pending.queued = True
+        pending.done = threading.Event()
         self._queue.append(pending)
         if self._gathering:
-            self._arrived.notify()
+            self._arrived.notify_all()
 
     def _await(self, pending: _Pending) -> None:
+        assert pending.done is not None
         timeout = None if pending.deadline is None else max(pending.deadline - time.monotonic(), 0)
         if not pending.done.wait(timeout):
             self._withdraw(pending, "deadline")
@@ -250,14 +259,14 @@ class DynamicBatcher:
         self._on_execution(size, timing)
         for p, outs in zip(batch, parts, strict=True):
             p.result = BatchResult(outs, t0 - p.arrived_ns, timing, size)
-            p.done.set()
+            p.wake()
 
     def _hand_off(self) -> None:
         with self._lock:
             if not self._queue:
-                self._busy = False
+                self._running -= 1
                 return
             successor = self._queue.popleft()
             successor.queued = False
             successor.lead = True
-        successor.done.set()
+        successor.wake()

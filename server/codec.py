@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -42,19 +43,28 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
 
-    @property
+    @cached_property
     def dtype(self) -> np.dtype:
         return DATATYPES[self.datatype][0]
 
+    @cached_property
+    def fixed_tail(self) -> tuple[int, ...] | None:
+        """The dims after a variable first one when all are fixed: the fast shape check."""
+        rest = self.shape[1:]
+        return rest if self.shape[:1] == (-1,) and -1 not in rest else None
 
-def _check_shape(spec: TensorSpec, shape: Sequence[int], max_batch_size: int) -> None:
-    if len(shape) != len(spec.shape) or any(
-        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
+
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], max_batch_size: int) -> None:
+    tail = spec.fixed_tail
+    fast = tail is not None and len(shape) == len(spec.shape) and shape[1:] == tail
+    if not fast and (
+        len(shape) != len(spec.shape)
+        or any(want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True))
     ):
         raise InvalidArgumentError(
             f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(shape)}"
         )
-    if any(d < 0 for d in shape):
+    if not fast and any(d < 0 for d in shape):
         raise InvalidArgumentError(f"input {spec.name!r}: negative dimension in {list(shape)}")
     if max_batch_size and not 1 <= shape[0] <= max_batch_size:
         raise InvalidArgumentError(
@@ -113,15 +123,18 @@ def decode_inputs(
             raise InvalidArgumentError(
                 f"input {spec.name!r}: expected datatype {spec.datatype}, got {tensor.datatype!r}"
             )
-        _check_shape(spec, tensor.shape, max_batch_size)
-        count = math.prod(tensor.shape)
+        shape = tuple(tensor.shape)
+        _check_shape(spec, shape, max_batch_size)
+        count = math.prod(shape)
         flat = _raw(spec, raw[i], count) if raw is not None else _typed(spec, tensor, count)
-        arrays[spec.name] = flat.reshape(tensor.shape)
+        arrays[spec.name] = flat.reshape(shape)
     if len(arrays) != len(specs):
         missing = sorted(set(specs) - set(arrays))
         raise InvalidArgumentError(f"missing inputs {missing} (or one given twice)")
-    batch = len(next(iter(arrays.values()))) if max_batch_size else 1
-    if max_batch_size and any(len(a) != batch for a in arrays.values()):
+    if not max_batch_size:
+        return arrays, 1
+    batch = len(next(iter(arrays.values())))
+    if len(arrays) > 1 and any(len(a) != batch for a in arrays.values()):
         raise InvalidArgumentError("inputs disagree on the batch size (their first dimension)")
     return arrays, batch
 

@@ -92,7 +92,9 @@ class InferenceCore:
         self.settings = settings
         self.metrics = ServerMetrics()
         self._providers = resolve_providers(settings.device)
-        self._options = session_options(settings.intra_op_threads, settings.inter_op_threads)
+        self._options = session_options(
+            settings.intra_op_threads, settings.inter_op_threads, settings.spin
+        )
         self.manager = ModelManager(settings.repository, self._load, on_change)
         self.ready = False
         self._metadata = ServerMetadataResponse(
@@ -106,7 +108,9 @@ class InferenceCore:
             self._options,
             require_gpu=self.settings.device == "cuda",
         )
-        return LoadedModel(model_dir, version, config, session, self.metrics)
+        return LoadedModel(
+            model_dir, version, config, session, self.metrics, self.settings.instances
+        )
 
     def start(self) -> None:
         """Load every model (failures are recorded, not raised), then start polling."""

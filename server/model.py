@@ -108,6 +108,7 @@ class LoadedModel:
         config: ModelConfig,
         session: ort.InferenceSession,
         metrics: ServerMetrics,
+        instances: int = 1,
     ) -> None:
         if config.platform not in PLATFORMS or config.backend not in BACKENDS:
             raise InvalidArgumentError(
@@ -129,11 +130,13 @@ class LoadedModel:
         self._output_names = [s.name for s in outputs]
         self.stats = ModelStats()
         self.metrics = metrics.for_model(self.name, self.version)
-        self.batcher = self._batcher(config)
+        # Triton's instance_group count: how many session calls may run at once.
+        instances = sum(g.count for g in config.instance_group) or instances
+        self.batcher = self._batcher(config, instances)
         self.config_reply = self._config_reply(config, _card_json(model_dir, session))
         self.metadata_reply = self.metadata_for([self.version])
 
-    def _batcher(self, config: ModelConfig) -> DynamicBatcher:
+    def _batcher(self, config: ModelConfig, instances: int) -> DynamicBatcher:
         batching = config.dynamic_batching
         return DynamicBatcher(
             self._run,
@@ -142,6 +145,7 @@ class LoadedModel:
             preferred_batch_sizes=tuple(batching.preferred_batch_size),
             max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
             max_queue_size=batching.default_queue_policy.max_queue_size,
+            instances=instances,
             on_execution=self._executed,
         )
 

@@ -31,10 +31,13 @@ def resolve_providers(device: str) -> list[str]:
     return [CPU]
 
 
-def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+def session_options(intra_op_threads: int, inter_op_threads: int, spin: bool) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
+    spinning = "1" if spin else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return options
 

@@ -24,6 +24,17 @@ class ServeSettings(ZooSettings):
         0, ge=0, description="onnxruntime threads per session call; 0 is one per physical core"
     )
     inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads")
+    spin: bool = Field(
+        False,
+        description="let onnxruntime's threads spin-wait for work (faster alone, but they "
+        "take CPU from the gRPC threads on a small machine)",
+    )
+    instances: int = Field(
+        1,
+        ge=1,
+        description="session calls one model version may run at once, unless its "
+        "config.pbtxt sets instance_group count",
+    )
     workers: int = Field(64, ge=1, description="gRPC worker threads (requests in flight at once)")
     poll_interval: float = Field(
         0.0, ge=0, description="seconds between repository rescans; 0 scans only at start"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass
@@ -22,9 +23,8 @@ class Duration:
         self.ns += ns
 
 
-@dataclass(frozen=True)
-class BatchTiming:
-    """The three phases of one session call, in nanoseconds."""
+class BatchTiming(NamedTuple):
+    """The three phases of one session call, in nanoseconds (a tuple: made per call)."""
 
     compute_input: int
     compute_infer: int

@@ -132,7 +132,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_not_computed() 
         run.release.set()
         first.result(5)
     assert run.sizes == [1]
-    assert not batcher._busy
+    assert batcher._running == 0
 
 
 def test_a_cancelled_request_leaves_the_queue() -> None:

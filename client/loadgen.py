@@ -11,7 +11,6 @@ their progress.
 from __future__ import annotations
 
 import asyncio
-import logging
 import multiprocessing as mp
 import queue
 import selectors
@@ -28,8 +27,6 @@ from client.aio import AsyncZooClient
 from client.channel import Connection
 from client.errors import InferenceServerException
 from client.stats import OK, Records
-
-log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5
 # How far ahead of "now" the common start is set, so every process sees it in the future.
@@ -59,8 +56,12 @@ class GeneratorJob:
 def split_load(
     processes: int, concurrency: int | None, rate: float | None
 ) -> list[tuple[int, float, float]]:
-    """(concurrency, rate, offset) for each process, together making the whole load."""
+    """(concurrency, rate, offset) for each process, together making the whole load.
+
+    A closed loop gets no more processes than requests in flight: an idle one would be waste.
+    """
     if concurrency is not None:
+        processes = min(processes, concurrency)
         return [
             (concurrency // processes + (i < concurrency % processes), 0.0, 0.0)
             for i in range(processes)

@@ -19,6 +19,7 @@ JOB = GeneratorJob(index=0, connection=Connection(("127.0.0.1:1",)), requests=()
 
 def test_concurrency_is_split_whole_and_rates_interleave() -> None:
     assert [c for c, _, _ in split_load(3, 8, None)] == [3, 3, 2]
+    assert [c for c, _, _ in split_load(4, 2, None)] == [1, 1]
     shares = split_load(4, None, 100.0)
     assert [r for _, r, _ in shares] == [25.0] * 4
     assert [o for _, _, o in shares] == pytest.approx([0.0, 0.01, 0.02, 0.03])

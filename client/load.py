@@ -29,6 +29,7 @@ from client.protocol import ModelMetadata, build_infer_request, dtype_of
 from client.settings import ClientSettings
 from client.stats import summarise
 from client.sync import ZooClient
+from zoo.card import TensorSpec
 from zoo.errors import InvalidArgumentError
 from zoo.settings import add_settings_arguments, settings_from_args
 
@@ -91,23 +92,34 @@ def make_payloads(
     metadata: ModelMetadata, kind: str, batch: int, seed: int
 ) -> list[dict[str, np.ndarray]]:
     """Input arrays for each request: the model's inputs with the batch dimension set."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed) if kind == "random" else None
     count = 1 if kind == "zeros" else REQUEST_POOL
     images = _mnist_images(count * batch) if kind == "mnist" else None
-    payloads = []
-    for n in range(count):
-        arrays = {}
-        for spec in metadata.inputs:
-            shape = _batched_shape(spec.name, spec.shape, batch)
-            dtype = dtype_of(spec.datatype)
-            if images is not None:
-                arrays[spec.name] = images[n * batch : (n + 1) * batch].reshape(shape).astype(dtype)
-            elif kind == "random":
-                arrays[spec.name] = rng.random(shape).astype(dtype)
-            else:
-                arrays[spec.name] = np.zeros(shape, dtype)
-        payloads.append(arrays)
-    return payloads
+    return [
+        {
+            spec.name: _fill(
+                spec, batch, rng, None if images is None else images[n * batch : (n + 1) * batch]
+            )
+            for spec in metadata.inputs
+        }
+        for n in range(count)
+    ]
+
+
+def _fill(
+    spec: TensorSpec, batch: int, rng: np.random.Generator | None, images: np.ndarray | None
+) -> np.ndarray:
+    """MNIST images if given, else random values in [0, 1) if `rng`, else zeros."""
+    shape = _batched_shape(spec.name, spec.shape, batch)
+    dtype = dtype_of(spec.datatype)
+    if images is not None:
+        if images.size != math.prod(shape):
+            raise InvalidArgumentError(
+                f"--input mnist: input {spec.name!r} of shape {list(spec.shape)} "
+                "cannot hold 28 x 28 images"
+            )
+        return images.reshape(shape).astype(dtype)
+    return rng.random(shape).astype(dtype) if rng is not None else np.zeros(shape, dtype)
 
 
 def _batched_shape(name: str, shape: tuple[int, ...], batch: int) -> tuple[int, ...]:

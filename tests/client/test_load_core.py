@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from client.channel import Connection
-from client.load import LoadSettings, format_table, plan_loads, write_plot
+from client.load import LoadSettings, format_table, make_payloads, plan_loads, write_plot
 from client.loadgen import GeneratorJob, arrival_times, closed_loop, open_loop, split_load
+from client.protocol import ModelMetadata
 from client.stats import Records, latency_summary, summarise
+from zoo.card import TensorSpec
 from zoo.errors import InvalidArgumentError
 
 JOB = GeneratorJob(index=0, connection=Connection(("127.0.0.1:1",)), requests=(), end_s=10.0)
@@ -140,3 +142,23 @@ def test_table_and_plot(tmp_path) -> None:
         [RUN, {**RUN, "concurrency": 16, "throughput_rps": 2000.0}], tmp_path / "sweep.png", "m"
     )
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_payloads_follow_the_model_inputs() -> None:
+    images = TensorSpec(name="images", datatype="FP32", shape=(-1, 1, 28, 28))
+    meta = ModelMetadata("m", ("1",), "onnxruntime_onnx", (images,), ())
+    (zeros,) = make_payloads(meta, "zeros", 4, seed=0)
+    assert zeros["images"].shape == (4, 1, 28, 28) and not zeros["images"].any()
+    randoms = make_payloads(meta, "random", 2, seed=0)
+    assert len(randoms) == 16 and not np.array_equal(randoms[0]["images"], randoms[1]["images"])
+    assert all(p["images"].min() >= 0.0 and p["images"].max() < 1.0 for p in randoms)
+    flat = ModelMetadata(
+        "m", ("1",), "", (TensorSpec(name="x", datatype="FP32", shape=(-1, 3, 5)),), ()
+    )
+    with pytest.raises(InvalidArgumentError, match=r"cannot hold 28 x 28 images"):
+        make_payloads(flat, "mnist", 1, seed=0)
+    fixed = ModelMetadata(
+        "m", ("1",), "", (TensorSpec(name="x", datatype="FP32", shape=(1, 784)),), ()
+    )
+    with pytest.raises(InvalidArgumentError, match=r"expected -1 \(batch\) first"):
+        make_payloads(fixed, "zeros", 1, seed=0)

@@ -41,9 +41,9 @@ def _tiny_body(torch: Any, kind: str) -> Any:
             nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 13 * 13, 10)
         )
     if kind == "slow":
-        # 100 chained 784x784 matmuls: ~0.1 s at batch 64 on 2 cores, for lifecycle tests.
+        # 400 chained 784x784 matmuls: ~0.3-0.6 s at batch 64 on 2 cores (lifecycle tests).
         square = nn.Linear(784, 784)
-        return nn.Sequential(nn.Flatten(), *[square] * 100, nn.Linear(784, 10))
+        return nn.Sequential(nn.Flatten(), *[square] * 400, nn.Linear(784, 10))
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
 
 

@@ -25,7 +25,7 @@ from proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from zoo.repository import config_for_card, read_card, write_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
-SLOW_BATCH = 64  # ~0.3 s per call of the slow model on 2 cores
+SLOW_BATCH = 64  # ~0.3-0.6 s per call of the slow model on 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +99,12 @@ def test_past_the_queue_limit_requests_get_resource_exhausted_and_others_are_ser
 def test_a_request_whose_deadline_passes_in_the_queue_is_not_computed(
     start_zoo_server, slow_repository: Path, request_for, random_images
 ) -> None:
-    stub = _stub(start_zoo_server(slow_repository).address)
+    server = start_zoo_server(slow_repository)
+    stub = _stub(server.address)
     big = request_for("tiny_slow", random_images(SLOW_BATCH))
     with ThreadPoolExecutor(2) as pool:
         running = pool.submit(stub.ModelInfer, big)
-        time.sleep(0.1)
+        _wait_for(lambda: "tiny_slow" in _stats_in_flight(server))
         late = _code(
             lambda: stub.ModelInfer(request_for("tiny_slow", random_images(3)), timeout=0.05)
         )

@@ -69,16 +69,28 @@ def export_pair(model: nn.Module, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def latency_ms(sess: ort.InferenceSession, images: np.ndarray, calls: int) -> dict[str, float]:
+def interleaved_latencies(
+    sessions: dict[tuple[str, str], ort.InferenceSession], images: np.ndarray, calls: int
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Median and p90 ms per session, timing the sessions in turn, call by call.
+
+    Round-robin rather than one session after another: on a shared machine a busy spell
+    then slows every variant alike instead of whichever happened to be running.
+    """
     feed = {"images": images}
-    for _ in range(WARMUP_CALLS):
-        sess.run(None, feed)
-    times = []
+    for sess in sessions.values():
+        for _ in range(WARMUP_CALLS):
+            sess.run(None, feed)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in sessions}
     for _ in range(calls):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90))}
+        for key, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, feed)
+            times[key].append((time.perf_counter() - start) * 1e3)
+    return {
+        key: {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90))}
+        for key, t in times.items()
+    }
 
 
 def bench_model(name: str, checkpoints_dir: Path, calls: dict[int, int]) -> list[dict[str, Any]]:
@@ -88,24 +100,28 @@ def bench_model(name: str, checkpoints_dir: Path, calls: dict[int, int]) -> list
     with tempfile.TemporaryDirectory() as folder:
         paths = export_pair(model, Path(folder))
         nodes = {v: onnx.load(p).graph.node for v, p in paths.items()}
-        for variant, path in paths.items():
-            for level in OPTIMISATION_LEVELS:
-                sess = session(path, level)
-                for batch in BATCHES:
-                    rows.append(
-                        {
-                            "model": name,
-                            "weights": weights,
-                            "variant": variant,
-                            "ort_optimisations": level,
-                            "batch": batch,
-                            "nodes": len(nodes[variant]),
-                            "batchnorm_nodes": sum(
-                                n.op_type == "BatchNormalization" for n in nodes[variant]
-                            ),
-                            **latency_ms(sess, pixels[:batch], calls[batch]),
-                        }
-                    )
+        sessions = {
+            (variant, level): session(path, level)
+            for variant, path in paths.items()
+            for level in OPTIMISATION_LEVELS
+        }
+        for batch in BATCHES:
+            latencies = interleaved_latencies(sessions, pixels[:batch], calls[batch])
+            for (variant, level), latency in latencies.items():
+                rows.append(
+                    {
+                        "model": name,
+                        "weights": weights,
+                        "variant": variant,
+                        "ort_optimisations": level,
+                        "batch": batch,
+                        "nodes": len(nodes[variant]),
+                        "batchnorm_nodes": sum(
+                            n.op_type == "BatchNormalization" for n in nodes[variant]
+                        ),
+                        **latency,
+                    }
+                )
     return rows
 
 
@@ -148,7 +164,7 @@ def main() -> int:
     parser.add_argument("models", nargs="*", help="registered models (default: all)")
     parser.add_argument("--checkpoints-dir", type=Path, default=ROOT / "runs")
     parser.add_argument("--calls-batch-1", type=int, default=200)
-    parser.add_argument("--calls-batch-64", type=int, default=30)
+    parser.add_argument("--calls-batch-64", type=int, default=50)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "export.json")
     args = parser.parse_args()
     logging.basicConfig(

@@ -116,6 +116,7 @@ def bench_model(name: str, checkpoints_dir: Path, calls: dict[int, int]) -> list
                         "ort_optimisations": level,
                         "batch": batch,
                         "nodes": len(nodes[variant]),
+                        "onnx_bytes": paths[variant].stat().st_size,
                         "batchnorm_nodes": sum(
                             n.op_type == "BatchNormalization" for n in nodes[variant]
                         ),

@@ -177,3 +177,20 @@ def test_parametrisations_become_plain_weights() -> None:
     folded = assert_folded_exactly(model, torch.randn(5, 6))
     assert not any(parametrize.is_parametrized(m) for m in folded.modules())
     assert all(parametrize.is_parametrized(model[i]) for i in (0, 2))
+
+
+@pytest.mark.parametrize(
+    ("padding", "exact"), [("valid", True), ("same", False), (0, True), (1, False)]
+)
+def test_batchnorm_before_conv_folds_only_without_zero_padding(
+    padding: str | int, exact: bool, randomise: Randomise
+) -> None:
+    model = randomise(
+        nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=padding))
+    )
+    x = torch.randn(2, 3, 8, 8)
+    if exact:
+        assert_folded_exactly(model, x)
+    else:
+        with pytest.raises(ExportError, match="BatchNorm '1'"):
+            fold_model(model, x)

@@ -9,8 +9,9 @@ processes on free ports.
 
     export_model(repository, "my_cnn", version=2)  # a random model: *_mlp, *_cnn, *_slow
 
-`served_repository` is the shipped `model_repository/` once it holds models, else the
-tiny test repository (`tiny_repository`: models "tiny_mlp" and "tiny_cnn", version 1).
+`served_repository` is $ZOO_TEST_REPOSITORY if set, else the shipped `model_repository/`
+once it holds models, else the tiny test repository (`tiny_repository`: models
+"tiny_mlp" and "tiny_cnn", version 1).
 """
 
 from __future__ import annotations
@@ -116,6 +117,10 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def served_repository(tiny_repository: Path) -> Path:
+    """$ZOO_TEST_REPOSITORY if set, else the shipped repository, else the tiny one."""
+    override = os.environ.get("ZOO_TEST_REPOSITORY")
+    if override:
+        return Path(override)
     if SHIPPED_REPOSITORY.is_dir() and any(SHIPPED_REPOSITORY.glob("*/config.pbtxt")):
         return SHIPPED_REPOSITORY
     return tiny_repository

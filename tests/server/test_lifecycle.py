@@ -57,17 +57,24 @@ def _code(call: Callable[[], object]) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def test_sigterm_finishes_in_flight_requests_then_exits_0(
+def test_sigterm_turns_health_off_refuses_new_requests_finishes_in_flight_ones_exits_0(
     start_zoo_server, slow_repository: Path, request_for, random_images
 ) -> None:
     server = start_zoo_server(slow_repository, "--grace", "20")
-    stub = _stub(server.address)
+    channel = grpc.insecure_channel(server.address)
+    stub = GRPCInferenceServiceStub(channel)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     request = request_for("tiny_slow", random_images(SLOW_BATCH))
     with ThreadPoolExecutor(3) as pool:
         in_flight = [pool.submit(stub.ModelInfer, request, timeout=60) for _ in range(3)]
         _wait_for(lambda: "tiny_slow" in _stats_in_flight(server))
         server.process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()  # a watcher is an RPC in flight too: let the server go
+        new_request = _code(lambda: stub.ModelInfer(request_for("tiny_slow", random_images(1))))
         replies = [f.result() for f in in_flight]
+    assert new_request == grpc.StatusCode.UNAVAILABLE
     assert all(len(r.outputs) == 2 for r in replies)
     assert server.process.wait(30) == 0
     assert "SIGTERM: stopping" in server.log()

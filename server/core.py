@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
+import zoo
 from proto.grpc_service_pb2 import (
     InferBatchStatistics,
     InferStatistics,
@@ -41,13 +41,6 @@ SERVER_NAME = "modelzoo"
 # What perf_analyzer and tritonclient look for: "statistics" makes perf_analyzer
 # call ModelStatistics.
 EXTENSIONS = ("model_repository", "model_configuration", "statistics")
-
-
-def _version() -> str:
-    try:
-        return metadata.version("modelzoo")
-    except metadata.PackageNotFoundError:  # run from a checkout without installing
-        return "0.1.0"
 
 
 def _duration(d: Duration) -> StatisticDuration:
@@ -98,7 +91,7 @@ class InferenceCore:
         self.manager = ModelManager(settings.repository, self._load, on_change)
         self.ready = False
         self._metadata = ServerMetadataResponse(
-            name=SERVER_NAME, version=_version(), extensions=EXTENSIONS
+            name=SERVER_NAME, version=zoo.__version__, extensions=EXTENSIONS
         )
 
     def _load(self, model_dir: Path, version: int, config: ModelConfig) -> LoadedModel:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from proto.grpc_service_pb2 import (
@@ -175,7 +176,7 @@ class LoadedModel:
             outputs=[tensor(s) for s in self.outputs],
         )
 
-    def _run(self, feeds: dict) -> list:
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self._output_names, feeds)
 
     def infer(self, request: ModelInferRequest, ctx: CallContext | None) -> ModelInferResponse:

@@ -1,10 +1,12 @@
 """Summaries of a load run: throughput and latency percentiles from per-request records.
 
-Each generator process returns, per request, when it was due to be sent (`scheduled`),
-when its reply arrived (`done`), both in seconds from the run's common start, and its
-gRPC status code (0 = OK). A request's latency is `done - scheduled`: in an open loop the
-send time is the schedule's, not the moment the generator got round to it, so a server
-that falls behind cannot hide its queueing (coordinated omission, Gil Tene, 2013).
+Each generator process returns, per request, when it started (`start`) and when its reply
+arrived (`done`), both in seconds from the run's common start, and its gRPC status code
+(0 = OK). A request's latency is `done - start`, where `start` is the earlier of when it was
+due and when it was sent: in an open loop a request sent late still counts from its due
+time, so a server that falls behind cannot hide its queueing (coordinated omission, Gil
+Tene, 2013), and one sent a little early (timers wake ahead, see client.loadgen) counts
+from its send.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ OK = 0
 class Records:
     """One generator's per-request record, as parallel arrays."""
 
-    scheduled: np.ndarray  # float64 seconds from the run's start
+    start: np.ndarray  # float64 seconds from the run's start: min(due, sent)
     done: np.ndarray  # float64 seconds from the run's start
     codes: np.ndarray  # int32 gRPC status codes, 0 = OK
 
     @classmethod
     def merge(cls, parts: Sequence[Records]) -> Records:
         return cls(
-            np.concatenate([p.scheduled for p in parts]),
+            np.concatenate([p.start for p in parts]),
             np.concatenate([p.done for p in parts]),
             np.concatenate([p.codes for p in parts]),
         )
@@ -47,10 +49,10 @@ def summarise(
     including those that were still in flight when it closed.
     """
     end = warmup_s + duration_s
-    due = (records.scheduled >= warmup_s) & (records.scheduled < end)
+    due = (records.start >= warmup_s) & (records.start < end)
     ok = records.codes == OK
     delivered = int(np.count_nonzero(ok & (records.done >= warmup_s) & (records.done < end)))
-    latencies_ms = (records.done - records.scheduled)[due & ok] * 1e3
+    latencies_ms = (records.done - records.start)[due & ok] * 1e3
     codes, counts = np.unique(records.codes[due & ~ok], return_counts=True)
     errors = {
         STATUS_NAMES.get(int(c), str(int(c))): int(n) for c, n in zip(codes, counts, strict=True)

@@ -1,9 +1,10 @@
 """`zoo load` against Triton's perf_analyzer: the same server, the same load, both tools.
 
-    python bench/loadtest_vs_perf_analyzer.py --model bn_cnn --loads c1,c4,r300
+    python bench/loadtest_vs_perf_analyzer.py --model bn_cnn --loads c1,c4,r300,c4x32
 
 Starts `zoo serve` on a free loopback port (or uses --url), then for each load - `cN` a
-closed loop with N requests in flight, `rN` an open loop of N requests/s at even spacing -
+closed loop with N requests in flight, `rN` an open loop of N requests/s at even spacing,
+either with `xB` for B images per request -
 runs both tools in turn, alternating which goes first, with zero-filled inputs for both
 (perf_analyzer's random bytes would be NaN and Inf floats). perf_analyzer reports the mean
 of its last three stable windows, so its window is a third of our measured duration.
@@ -20,6 +21,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -29,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,19 +88,27 @@ def wait_ready(address: str, server: subprocess.Popen) -> None:
     raise SystemExit(f"zoo serve on {address} not ready (exit status {server.poll()})")
 
 
-def parse_load(spec: str) -> tuple[str, int]:
-    kind, value = spec[:1], spec[1:]
-    if kind not in ("c", "r") or not value.isdigit() or int(value) < 1:
-        raise SystemExit(f"--loads: expected cN (concurrency) or rN (requests/s), got {spec!r}")
-    return kind, int(value)
+@dataclass(frozen=True)
+class Load:
+    kind: str  # "c": closed loop, value = concurrency; "r": open loop, value = requests/s
+    value: int
+    batch: int
 
 
-def run_zoo_load(address: str, args: argparse.Namespace, kind: str, value: int) -> dict[str, Any]:
+def parse_load(spec: str, batch: int) -> Load:
+    """`c4`, `r300`, or with a batch size of its own, `c4x32`."""
+    match = re.fullmatch(r"([cr])(\d+)(?:x(\d+))?", spec)
+    if match is None or int(match.group(2)) < 1:
+        raise SystemExit(f"--loads: expected cN or rN (optionally xB for batch B), got {spec!r}")
+    return Load(match.group(1), int(match.group(2)), int(match.group(3) or batch))
+
+
+def run_zoo_load(address: str, args: argparse.Namespace, load: Load) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
-        load = ["--concurrency", str(value)] if kind == "c" else ["--rate", str(value)]
+        flags = ["--concurrency" if load.kind == "c" else "--rate", str(load.value)]
         command = [sys.executable, "-m", "zoo.cli", "load", "--url", address, "--model", args.model,
-                   *load, "--batch", str(args.batch), "--input", "zeros",
+                   *flags, "--batch", str(load.batch), "--input", "zeros",
                    "--duration", str(args.duration), "--warmup", str(args.warmup),
                    "--output", str(out), "--no-progress"]  # fmt: skip
         if args.processes:
@@ -108,18 +119,19 @@ def run_zoo_load(address: str, args: argparse.Namespace, kind: str, value: int) 
 
 
 def run_perf_analyzer(
-    binary: str, address: str, args: argparse.Namespace, kind: str, value: int
+    binary: str, address: str, args: argparse.Namespace, load: Load
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pa.csv"
-        load = (
-            ["--concurrency-range", f"{value}:{value}"]
-            if kind == "c"
-            else ["--request-rate-range", f"{value}:{value}", "--request-distribution", "constant"]
+        span = f"{load.value}:{load.value}"
+        flags = (
+            ["--concurrency-range", span]
+            if load.kind == "c"
+            else ["--request-rate-range", span, "--request-distribution", "constant"]
         )
         window_ms = max(500, int(args.duration * 1000 / 3))
-        command = [binary, "-m", args.model, "-u", address, "-i", "grpc", "-b", str(args.batch),
-                   *load, "--input-data", "zero", "--measurement-interval", str(window_ms),
+        command = [binary, "-m", args.model, "-u", address, "-i", "grpc", "-b", str(load.batch),
+                   *flags, "--input-data", "zero", "--measurement-interval", str(window_ms),
                    "-s", str(STABILITY_PERCENT), "--max-trials", str(MAX_TRIALS),
                    "-f", str(out)]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True)
@@ -129,7 +141,7 @@ def run_perf_analyzer(
             row = next(csv.DictReader(f))
     images_per_s = float(row["Inferences/Second"])  # perf_analyzer counts images, not requests
     return {
-        "throughput_rps": images_per_s / args.batch,
+        "throughput_rps": images_per_s / load.batch,
         "images_per_s": images_per_s,
         **{f"p{p}_ms": float(row[f"p{p} latency"]) / 1e3 for p in (50, 90, 99)},  # CSV has µs
     }
@@ -192,10 +204,10 @@ def measure(
     binary: str, address: str, args: argparse.Namespace, n: int, spec: str
 ) -> dict[str, Any]:
     """Both tools on one load, `--repeats` times, alternating which goes first."""
-    kind, value = parse_load(spec)
+    load = parse_load(spec, args.batch)
     tools = [
-        ("zoo_load", lambda: run_zoo_load(address, args, kind, value)),
-        ("perf_analyzer", lambda: run_perf_analyzer(binary, address, args, kind, value)),
+        ("zoo_load", lambda: run_zoo_load(address, args, load)),
+        ("perf_analyzer", lambda: run_perf_analyzer(binary, address, args, load)),
     ]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in tools}
     for repeat in range(args.repeats):
@@ -203,7 +215,7 @@ def measure(
             log.info("%s, repeat %d: %s", spec, repeat + 1, name)
             runs[name].append(run())
     medians = {name: median_run(r) for name, r in runs.items()}
-    return {"load": spec, "batch": args.batch, **medians, "all_runs": runs,
+    return {"load": spec, "batch": load.batch, **medians, "all_runs": runs,
             "ratio": compare(medians["zoo_load"], medians["perf_analyzer"])}  # fmt: skip
 
 
@@ -212,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--model", required=True)
     parser.add_argument("--url", help="an already running server (default: start zoo serve)")
-    parser.add_argument("--loads", default="c1,c4,c16,r300", help="cN closed loop, rN open loop")
+    parser.add_argument(
+        "--loads", default="c1,c4,c16,r300,c4x32", help="cN closed loop, rN open loop, xB batch B"
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="runs per tool and load (medians)")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds measured per run")

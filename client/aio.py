@@ -84,6 +84,15 @@ class AsyncZooClient(ClientBase):
     ) -> pb.ModelStatisticsResponse:
         return await self._run(protocol.model_statistics(model, version))
 
+    async def load_model(self, model: str) -> None:
+        """Load (or reload) a model; the server must run with --allow-model-control."""
+        await self._run(protocol.load_model(model))
+        self._forget(model)
+
+    async def unload_model(self, model: str) -> None:
+        await self._run(protocol.unload_model(model))
+        self._forget(model)
+
     async def list_models(self) -> list[protocol.ModelStatus]:
         return await self._run(protocol.list_models())
 

@@ -76,6 +76,11 @@ class ClientBase:
         # while a version is served, and refetching would double every infer's round trips.
         self._models: dict[tuple[str, str], protocol.ServedModel] = {}
 
+    def _forget(self, model: str) -> None:
+        """Drop a model's cached card and limits: after a load or unload they may change."""
+        for key in [key for key in self._models if key[0] == model]:
+            del self._models[key]
+
     @property
     def channels(self) -> list[Any]:
         """The open channels, one per address (for raw RPCs, as the load generator sends)."""

@@ -118,6 +118,22 @@ def repository_index() -> Call[pb.RepositoryIndexResponse]:
     return Call("RepositoryIndex", pb.RepositoryIndexRequest(), _same)
 
 
+def _nothing(reply: Any) -> None:
+    return None
+
+
+def load_model(name: str) -> Call[None]:
+    # Not retried: the server may have acted before the connection failed, and a second
+    # load reloads the model.
+    request = pb.RepositoryModelLoadRequest(model_name=name)
+    return Call("RepositoryModelLoad", request, _nothing, idempotent=False)
+
+
+def unload_model(name: str) -> Call[None]:
+    request = pb.RepositoryModelUnloadRequest(model_name=name)
+    return Call("RepositoryModelUnload", request, _nothing, idempotent=False)
+
+
 def list_models() -> Call[list[ModelStatus]]:
     return Call("RepositoryIndex", pb.RepositoryIndexRequest(), parse_index)
 

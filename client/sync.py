@@ -85,6 +85,15 @@ class ZooClient(ClientBase):
     ) -> pb.ModelStatisticsResponse:
         return self._run(protocol.model_statistics(model, version))
 
+    def load_model(self, model: str) -> None:
+        """Load (or reload) a model; the server must run with --allow-model-control."""
+        self._run(protocol.load_model(model))
+        self._forget(model)
+
+    def unload_model(self, model: str) -> None:
+        self._run(protocol.unload_model(model))
+        self._forget(model)
+
     # The zoo's own calls, returning typed values.
     def list_models(self) -> list[protocol.ModelStatus]:
         return self._run(protocol.list_models())

@@ -133,6 +133,11 @@ def test_unavailable_is_retried_with_backoff_then_reported() -> None:
     assert error.value.code == "UNAVAILABLE" and "127.0.0.1" in str(error.value)
     assert 0.15 <= time.monotonic() - start < 3.0  # two backoffs (0.05-0.1 s and 0.1-0.2 s)
     assert list(policy.backoffs(idempotent=False)) == [0.0]  # never resent
+    slow = RetryPolicy(attempts=4, initial_backoff_s=0.5)
+    start = time.monotonic()
+    with ZooClient(dead_address(), retry=slow) as client, pytest.raises(InferenceServerException):
+        client.load_model("m")  # not idempotent: one try, no backoff
+    assert time.monotonic() - start < 0.25
 
 
 def inference_count(address: str, model: str) -> int:
@@ -169,3 +174,22 @@ def test_tls_is_negotiated_not_skipped(zoo_server) -> None:
     with client, pytest.raises(InferenceServerException) as error:
         client.is_server_live()
     assert error.value.code == "UNAVAILABLE"
+
+
+def test_load_and_unload_with_model_control(start_zoo_server, tiny_repository) -> None:
+    server = start_zoo_server(tiny_repository, "--allow-model-control")
+    with ZooClient(server.address) as client:
+        assert client.model_card("tiny_mlp").name == "tiny_mlp"
+        client.unload_model("tiny_mlp")
+        assert not client.is_model_ready("tiny_mlp")
+        with pytest.raises(InferenceServerException):
+            client.infer("tiny_mlp", IMAGES)  # the cached card was dropped: fetched and refused
+        client.load_model("tiny_mlp")
+        assert client.is_model_ready("tiny_mlp") and len(client.infer("tiny_mlp", IMAGES)) == 3
+
+
+def test_model_control_refused_by_default(zoo: ZooClient) -> None:
+    name = zoo.list_models()[0].name
+    with pytest.raises(InferenceServerException, match="--allow-model-control"):
+        zoo.unload_model(name)
+    assert zoo.is_model_ready(name)

@@ -85,6 +85,8 @@ def arrival_times(job: GeneratorJob) -> Iterator[float]:
 
 
 class Recorder:
+    """Per-request start, completion and status, in seconds from the run's common start."""
+
     def __init__(self, start: float) -> None:
         self.start = start
         self.start_times: list[float] = []
@@ -142,9 +144,27 @@ async def _report(recorder: Recorder, index: int, messages: Any) -> None:
         messages.put(("progress", index, (ok, recorder.errors)))
 
 
+def make_sender(calls: list[Any], job: GeneratorJob, recorder: Recorder) -> Send:
+    """send(n, due): request n on address n (both round-robin), recorded from min(due, now)."""
+    metadata, timeout = job.connection.metadata, job.connection.timeout_s
+
+    async def send(n: int, due: float) -> None:
+        start = min(due, recorder.now())
+        try:
+            await calls[n % len(calls)](
+                job.requests[n % len(job.requests)], timeout=timeout, metadata=metadata
+            )
+            code = OK
+        except grpc.RpcError as error:
+            code = error.code().value[0]
+        recorder.add(start, code)
+
+    return send
+
+
 async def _generate(job: GeneratorJob, messages: Any, go: Any, start_at: Any) -> Records:
     async with AsyncZooClient(connection=job.connection) as client:
-        await client.is_server_live()  # connect now, so that the first measured request does not
+        await client.is_server_live()  # connect now: the first measured request must not pay
         # Requests go out pre-serialized and replies stay bytes (their status says enough): on
         # a machine shared with the server, the generator's CPU per request is taken from the
         # server, and protobuf work was about a fifth of it.
@@ -155,19 +175,7 @@ async def _generate(job: GeneratorJob, messages: Any, go: Any, start_at: Any) ->
         messages.put(("ready", job.index, None))
         await asyncio.get_running_loop().run_in_executor(None, go.wait)
         recorder = Recorder(time.monotonic() + (start_at.value - time.time()))
-        metadata, timeout = job.connection.metadata, job.connection.timeout_s
-
-        async def send(n: int, due: float) -> None:
-            start = min(due, recorder.now())
-            try:
-                await calls[n % len(calls)](
-                    job.requests[n % len(job.requests)], timeout=timeout, metadata=metadata
-                )
-                code = OK
-            except grpc.RpcError as error:
-                code = error.code().value[0]
-            recorder.add(start, code)
-
+        send = make_sender(calls, job, recorder)
         reporter = asyncio.create_task(_report(recorder, job.index, messages))
         await asyncio.sleep(max(0.0, -recorder.now()))
         if job.concurrency:

@@ -241,7 +241,7 @@ def table(results: dict, models: list[str]) -> str:
         f"{zoo['rss_idle_mb']:.0f} MB idle, {zoo['rss_peak_mb']:.0f} MB peak; no-op server "
         f"RSS {noop['rss_peak_mb']:.0f} MB peak. Load: perf_analyzer -i grpc, "
         f"{results['seconds']:.1f} s windows, client and server on the same "
-        f"{results['cpus']}-CPU machine."
+        f"{results['cpus']}-CPU machine; repository {results['repository']}."
     )
     return "\n".join(lines)
 
@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "cpus": os.cpu_count(),
         "machine": platform.platform(),
+        "repository": str(args.repository),
         "models": models,
     }
     with tempfile.TemporaryDirectory() as logs:

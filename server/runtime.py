@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import onnxruntime as ort
@@ -31,9 +32,15 @@ def resolve_providers(device: str) -> list[str]:
     return [CPU]
 
 
+def default_intra_op_threads() -> int:
+    """Half the CPUs: the gRPC threads decoding and encoding need the other half (on 2
+    CPUs, 1 thread served batch-32 requests ~20% faster than onnxruntime's default 2)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def session_options(intra_op_threads: int, inter_op_threads: int, spin: bool) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
+    options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
     options.inter_op_num_threads = inter_op_threads
     spinning = "1" if spin else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning)

@@ -21,7 +21,7 @@ class ServeSettings(ZooSettings):
         "auto", description="onnxruntime execution provider; auto prefers CUDA, else CPU"
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime threads per session call; 0 is one per physical core"
+        0, ge=0, description="onnxruntime threads per session call; 0 is half the CPUs"
     )
     inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads")
     spin: bool = Field(

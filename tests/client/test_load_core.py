@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from client.channel import Connection
-from client.load import LoadSettings, format_table, make_payloads, plan_loads, write_plot
+from client.load import LoadSettings, make_payloads, plan_loads
 from client.loadgen import GeneratorJob, arrival_times, closed_loop, open_loop, split_load
 from client.protocol import ModelMetadata
+from client.report import format_table, write_plot
 from client.stats import Records, latency_summary, summarise
 from zoo.card import TensorSpec
 from zoo.errors import InvalidArgumentError

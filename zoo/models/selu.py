@@ -63,7 +63,7 @@ class SELUMLP(nn.Module):
     family="selu",
     target_accuracy=0.983,
     config=SELUConfig(),
-    recipe=TrainRecipe(epochs=15, lr=5e-4, augment_shift=2),
+    recipe=TrainRecipe(epochs=20, lr=1e-3, augment_shift=1),
 )
 def selu_mlp(config: SELUConfig) -> SELUMLP:
     """16x256 self-normalizing MLP (SELU, LeCun-normal init, AlphaDropout 0.05)."""

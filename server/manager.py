@@ -15,7 +15,13 @@ from pathlib import Path
 
 from proto.model_config_pb2 import ModelConfig
 from server.model import LoadedModel
-from zoo.errors import FailedPreconditionError, NotFoundError, UnavailableError, ZooError
+from zoo.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    ZooError,
+)
 from zoo.repository import (
     CONFIG_FILENAME,
     list_models,
@@ -128,6 +134,9 @@ class ModelManager:
 
     def load(self, name: str) -> None:
         """Load or reload `name` on request; raise with the reason when it cannot be served."""
+        if not name or name != Path(name).name or name.startswith("."):
+            # A request must not reach outside the repository ("../elsewhere").
+            raise InvalidArgumentError(f"model name {name!r} is not a repository folder name")
         if not (self.repository / name).is_dir():
             raise NotFoundError(f"no model {name!r} in {self.repository}")
         with self._sync_lock:

@@ -212,6 +212,8 @@ def test_model_control_unloads_and_loads_with_health_following(
     assert len(stub.ModelInfer(request).outputs) == 2
     missing = pb.RepositoryModelLoadRequest(model_name="nope")
     assert _code(lambda: stub.RepositoryModelLoad(missing)) == grpc.StatusCode.NOT_FOUND
+    outside = pb.RepositoryModelLoadRequest(model_name=f"../{tiny_repository.name}/tiny_mlp")
+    assert _code(lambda: stub.RepositoryModelLoad(outside)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -264,3 +264,18 @@ def test_random_bytes_as_perf_analyzer_sends_are_served(
     noise = np.frombuffer(np.random.default_rng(0).bytes(784 * 4 * 2), "<f4").reshape(2, 1, 28, 28)
     reply = _stub(zoo_server.address).ModelInfer(request_for(model_names[0], noise))
     assert [list(o.shape) for o in reply.outputs] == [[2, 10], [2, 10]]
+
+
+def test_a_removed_model_finishes_its_in_flight_requests(
+    start_zoo_server, slow_repository: Path, tmp_path: Path, request_for, random_images
+) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(slow_repository, repository)
+    server = start_zoo_server(repository, "--poll-interval", "0.1")
+    stub = _stub(server.address)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(stub.ModelInfer, request_for("tiny_slow", random_images(SLOW_BATCH)))
+        _wait_for(lambda: _in_flight(server) == 1)
+        shutil.rmtree(repository / "tiny_slow")
+        _wait_for(lambda: not stub.ModelReady(pb.ModelReadyRequest(name="tiny_slow")).ready)
+        assert len(running.result().outputs) == 2

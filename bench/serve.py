@@ -156,11 +156,8 @@ def perf_analyzer(address: str, model: str, batch: int, concurrency: int, second
     }
 
 
-def in_process(path: Path, batch: int, concurrency: int, seconds: float) -> dict:
+def in_process(session: Any, batch: int, concurrency: int, seconds: float) -> dict:
     """The same closed loop on an in-process onnxruntime session."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {"images": np.zeros((batch, 1, 28, 28), np.float32)}
     session.run(None, feed)
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -194,21 +191,27 @@ def _served_file(repository: Path, model: str) -> Path:
     return model_file(model_dir, version, config)
 
 
-def bench_server(
-    kind: str, command: list[str], models: list[str], seconds: float, log_dir: Path
-) -> dict:
-    server = ServerProcess(command, log_dir / f"{kind}.log")
-    try:
-        result: dict[str, Any] = {"ready_s": server.ready_s, "rss_idle_mb": server.rss_mb()}
-        for model in models:
-            for batch, concurrency in LOADS:
-                key = f"{model} b{batch} c{concurrency}"
-                result[key] = perf_analyzer(server.address, model, batch, concurrency, seconds)
-                log.info("%-5s %s: %s", kind, key, _brief(result[key]))
-        result["rss_peak_mb"] = server.rss_mb("VmHWM")
-        return result
-    finally:
-        server.stop()
+def measure(
+    servers: dict[str, ServerProcess], repository: Path, models: list[str], seconds: float
+) -> dict[str, dict]:
+    """Each load point on each target back to back, so that all three see the same
+    machine (on a shared machine its load drifts between minutes)."""
+    import onnxruntime as ort
+
+    results: dict[str, dict] = {kind: {} for kind in (*servers, "onnxruntime")}
+    for model in models:
+        session = ort.InferenceSession(
+            str(_served_file(repository, model)), providers=["CPUExecutionProvider"]
+        )
+        for batch, concurrency in LOADS:
+            key = f"{model} b{batch} c{concurrency}"
+            for kind, server in servers.items():
+                results[kind][key] = perf_analyzer(
+                    server.address, model, batch, concurrency, seconds
+                )
+            results["onnxruntime"][key] = in_process(session, batch, concurrency, seconds)
+            log.info("%s: %s", key, ", ".join(f"{k} {_brief(r[key])}" for k, r in results.items()))
+    return results
 
 
 def _brief(row: dict) -> str:
@@ -246,6 +249,32 @@ def table(results: dict, models: list[str]) -> str:
     return "\n".join(lines)
 
 
+def run_all(repository: Path, models: list[str], seconds: float) -> dict[str, dict]:
+    """Start our server and the no-op one, measure everything, record their memory."""
+    python, repo = sys.executable, str(repository)
+    zoo_command = [python, "-m", "server", "--repository", repo, "--host", "127.0.0.1"]
+    zoo_command += ["--port", "0", "--metrics-port", "-1", "--device", "cpu"]
+    noop_command = [python, str(Path(__file__).resolve()), "--noop-server", "--repository", repo]
+    with tempfile.TemporaryDirectory() as logs:
+        servers = {
+            "zoo": ServerProcess(zoo_command, Path(logs) / "zoo.log"),
+            "noop": ServerProcess(noop_command, Path(logs) / "noop.log"),
+        }
+        try:
+            idle = {kind: server.rss_mb() for kind, server in servers.items()}
+            results = measure(servers, repository, models, seconds)
+            for kind, server in servers.items():
+                results[kind].update(
+                    ready_s=server.ready_s,
+                    rss_idle_mb=idle[kind],
+                    rss_peak_mb=server.rss_mb("VmHWM"),
+                )
+            return results
+        finally:
+            for server in servers.values():
+                server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
@@ -260,8 +289,6 @@ def main(argv: list[str] | None = None) -> int:
     if not PERF_ANALYZER.exists():
         raise SystemExit(f"{PERF_ANALYZER} missing: run bash tools/install-perf-analyzer.sh")
     models = args.models or list_models(args.repository)
-    repo = str(args.repository)
-    python = sys.executable
     results: dict[str, Any] = {
         "seconds": args.seconds,
         "cpus": os.cpu_count(),
@@ -269,20 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         "repository": str(args.repository),
         "models": models,
     }
-    with tempfile.TemporaryDirectory() as logs:
-        zoo_command = [python, "-m", "server", "--repository", repo, "--host", "127.0.0.1"]
-        zoo_command += ["--port", "0", "--metrics-port", "-1", "--device", "cpu"]
-        results["zoo"] = bench_server("zoo", zoo_command, models, args.seconds, Path(logs))
-        noop_command = [python, str(Path(__file__).resolve()), "--noop-server"]
-        noop_command += ["--repository", repo]
-        results["noop"] = bench_server("noop", noop_command, models, args.seconds, Path(logs))
-    results["onnxruntime"] = {}
-    for model in models:
-        path = _served_file(args.repository, model)
-        for batch, concurrency in LOADS:
-            key = f"{model} b{batch} c{concurrency}"
-            results["onnxruntime"][key] = in_process(path, batch, concurrency, args.seconds)
-            log.info("ort   %s: %s", key, _brief(results["onnxruntime"][key]))
+    results.update(run_all(args.repository, models, args.seconds))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
     markdown = table(results, models)

@@ -99,6 +99,23 @@ def _card_json(model_dir: Path, session: ort.InferenceSession) -> str | None:
     return session.get_modelmeta().custom_metadata_map.get(CARD_METADATA_KEY)
 
 
+def _checked_specs(
+    config: ModelConfig, session: ort.InferenceSession
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The config's inputs and outputs (completed from the graph), checked against it."""
+    if config.platform not in PLATFORMS or config.backend not in BACKENDS:
+        raise InvalidArgumentError(
+            f"platform {config.platform!r} / backend {config.backend!r}: we serve only "
+            "onnxruntime_onnx"
+        )
+    complete_config(config, session)
+    inputs = [_config_spec(t, config.max_batch_size) for t in config.input]
+    outputs = [_config_spec(t, config.max_batch_size) for t in config.output]
+    _matching(inputs, [_ort_spec(a) for a in session.get_inputs()], "input")
+    _matching(outputs, [_ort_spec(a) for a in session.get_outputs()], "output")
+    return inputs, outputs
+
+
 class LoadedModel:
     """A ready model version. Immutable once built, except `metadata_reply`'s versions."""
 
@@ -111,20 +128,11 @@ class LoadedModel:
         metrics: ServerMetrics,
         instances: int = 1,
     ) -> None:
-        if config.platform not in PLATFORMS or config.backend not in BACKENDS:
-            raise InvalidArgumentError(
-                f"platform {config.platform!r} / backend {config.backend!r}: we serve only "
-                "onnxruntime_onnx"
-            )
-        complete_config(config, session)
+        inputs, outputs = _checked_specs(config, session)
         self.name = config.name
         self.version = str(version)
         self.max_batch_size = config.max_batch_size
         self.session = session
-        inputs = [_config_spec(t, config.max_batch_size) for t in config.input]
-        outputs = [_config_spec(t, config.max_batch_size) for t in config.output]
-        _matching(inputs, [_ort_spec(a) for a in session.get_inputs()], "input")
-        _matching(outputs, [_ort_spec(a) for a in session.get_outputs()], "output")
         self.inputs = {s.name: s for s in inputs}
         self.outputs = outputs
         self.output_index = {s.name: i for i, s in enumerate(outputs)}

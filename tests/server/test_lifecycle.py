@@ -279,3 +279,20 @@ def test_a_removed_model_finishes_its_in_flight_requests(
         shutil.rmtree(repository / "tiny_slow")
         _wait_for(lambda: not stub.ModelReady(pb.ModelReadyRequest(name="tiny_slow")).ready)
         assert len(running.result().outputs) == 2
+
+
+def test_a_request_cancelled_while_queued_is_not_computed(
+    start_zoo_server, slow_repository: Path, request_for, random_images
+) -> None:
+    server = start_zoo_server(slow_repository)
+    stub = _stub(server.address)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(stub.ModelInfer, request_for("tiny_slow", random_images(SLOW_BATCH)))
+        _wait_for(lambda: _in_flight(server) == 1)
+        queued = stub.ModelInfer.future(request_for("tiny_slow", random_images(5)))
+        _wait_for(lambda: _in_flight(server) == 2)
+        queued.cancel()
+        running.result()
+    (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="tiny_slow")).model_stats
+    assert [b.batch_size for b in stats.batch_stats] == [SLOW_BATCH]
+    assert "Traceback" not in server.log()

@@ -29,6 +29,7 @@ from server.stats import BatchTiming
 from zoo.errors import (
     CancelledError,
     DeadlineExceededError,
+    ModelExecutionError,
     ResourceExhaustedError,
     ZooError,
 )
@@ -37,12 +38,6 @@ log = logging.getLogger(__name__)
 
 NO_DEADLINE_S = 86_400.0
 RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
-
-
-class ModelExecutionError(ZooError):
-    """The session call itself failed: the server's fault, not the client's."""
-
-    code = "INTERNAL"
 
 
 class CallContext(Protocol):

@@ -53,6 +53,12 @@ class CheckpointError(InvalidArgumentError):
     """A checkpoint is unreadable or belongs to another architecture."""
 
 
+class ModelExecutionError(ZooError):
+    """A model's runtime call itself failed: the server's fault, not the client's."""
+
+    code = "INTERNAL"
+
+
 class ExportError(ZooError):
     """An export could not be made exact (an unfoldable BatchNorm, a failed verification)."""
 

@@ -10,8 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from server.batcher import BatchResult, DynamicBatcher, ModelExecutionError
-from zoo.errors import CancelledError, DeadlineExceededError, ResourceExhaustedError
+from server.batcher import BatchResult, DynamicBatcher
+from zoo.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    ModelExecutionError,
+    ResourceExhaustedError,
+)
 
 
 class Recorder:

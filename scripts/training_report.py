@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -19,21 +20,23 @@ from zoo.checkpoint import read_checkpoint
 from zoo.models import list_models
 
 HEADER = (
-    "| model | family | command | seed | epochs | threads | wall time | test accuracy | target |\n"
-    "|---|---|---|---|---|---|---|---|---|"
+    "| model | family | command | seed | epochs | threads | images/s "
+    "| wall time | test accuracy | target |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def table_row(run: Path, target: float | None) -> str:
+def table_row(run: Path, target: float | None, history: list[dict]) -> str:
     card, _ = read_checkpoint(run / "model.pt")
+    speed = statistics.median(r["images_per_s"] for r in history)
     accuracy = card.metrics["test_accuracy"].value
     verdict = "" if target is None else (" ✅" if accuracy >= target else " ❌ missed")
-    target_text = "baseline" if target is None else f"≥ {100 * target:.1f}%"
+    target_text = "—" if target is None else f"≥ {100 * target:.1f}%"
     minutes = card.training["wall_time_s"] / 60
     return (
         f"| {card.name} | {card.family} | `{card.metrics['test_accuracy'].command}` "
         f"| {card.training['seed']} | {card.training['epochs']} | {card.training['threads']} "
-        f"| {minutes:.1f} min | {100 * accuracy:.2f}%{verdict} | {target_text} |"
+        f"| {speed:,.0f} | {minutes:.1f} min | {100 * accuracy:.2f}%{verdict} | {target_text} |"
     )
 
 
@@ -62,11 +65,11 @@ def main() -> None:
     for spec in list_models():
         run = args.runs / spec.name
         if not (run / "model.pt").is_file():
-            rows.append(f"| {spec.name} | {spec.family} | not trained yet | | | | | | |")
+            rows.append(f"| {spec.name} | {spec.family} | not trained yet | | | | | | | |")
             continue
-        rows.append(table_row(run, spec.target_accuracy))
-        metrics = run / "metrics.jsonl"
-        histories[spec.name] = [json.loads(line) for line in metrics.read_text().splitlines()]
+        metrics = (run / "metrics.jsonl").read_text().splitlines()
+        histories[spec.name] = [json.loads(line) for line in metrics]
+        rows.append(table_row(run, spec.target_accuracy, histories[spec.name]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "training.md").write_text("\n".join(rows) + "\n")
     plot(histories, args.out / "training_curves.png")

@@ -30,7 +30,8 @@ def test_perf_analyzer_measures_our_server(
     command = [str(perf_analyzer), "-m", model_names[0], "-u", zoo_server.address, "-i", "grpc"]
     command += ["-b", str(batch), "--concurrency-range", "2", "-f", str(report)]
     command += ["--measurement-mode", "count_windows", "--measurement-request-count", "100"]
-    command += ["-s", "50", "--max-trials", "5"]  # a shared 2-core machine is noisy
+    # A shared 2-core machine is noisy: this test proves the protocol works, not stability.
+    command += ["-s", "100", "--max-trials", "10"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Server: " in done.stdout and "Execution count" in done.stdout

@@ -6,8 +6,8 @@ Per model, two graphs from the same weights (the trained checkpoint in
 `runs/<model>/model.pt` when there is one, else random weights): "folded" (our pass)
 and "unfolded" (BatchNormalization nodes kept). Both are exported with the onnxscript
 optimiser off, since it would fold BatchNorm itself and hide the difference. Each is
-timed in onnxruntime (CPU, default threads) with graph optimisations disabled and
-enabled, at batch 1 and 64: median and p90 of per-call latency after a warm-up.
+timed in onnxruntime (CPU, default threads, no spin-waiting) with graph optimisations
+disabled and enabled, at batch 1 and 64: median and p90 of per-call latency after a warm-up.
 Prints a table and writes JSON.
 """
 
@@ -75,7 +75,8 @@ def interleaved_latencies(
     """Median and p90 ms per session, timing the sessions in turn, call by call.
 
     Round-robin rather than one session after another: on a shared machine a busy spell
-    then slows every variant alike instead of whichever happened to be running.
+    then slows every variant alike instead of whichever happened to be running. The
+    sessions do not spin-wait (see `session`): a spinning pool would slow the next one.
     """
     feed = {"images": images}
     for sess in sessions.values():
@@ -101,7 +102,7 @@ def bench_model(name: str, checkpoints_dir: Path, calls: dict[int, int]) -> list
         paths = export_pair(model, Path(folder))
         nodes = {v: onnx.load(p).graph.node for v, p in paths.items()}
         sessions = {
-            (variant, level): session(path, level)
+            (variant, level): session(path, level, spin=False)
             for variant, path in paths.items()
             for level in OPTIMISATION_LEVELS
         }
@@ -156,7 +157,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "onnx": onnx.__version__,
-        "ort_threads": "default",
+        "ort_threads": "default, no spin-waiting",
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +66,14 @@ def test_export_writes_a_triton_repository(
         exclude={"onnx_sha256", "metrics"}
     ) == card.model_dump(exclude={"onnx_sha256", "metrics"})
     assert not [p for p in repo.rglob(".*")]  # the staging folder is gone
+    # Readable by others (a server or Triton under another user), as mkdir with the umask makes.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(
+        p.stat().st_mode & 0o777 == 0o777 & ~umask
+        for p in [model_dir, *model_dir.rglob("*")]
+        if p.is_dir()
+    )
 
 
 def test_test_data_set_holds_pytorch_outputs(runs: Path, tmp_path: Path) -> None:

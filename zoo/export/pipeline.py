@@ -17,8 +17,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -189,7 +189,10 @@ def _staging(repository_dir: Path, name: str) -> Iterator[Path]:
     """A hidden folder inside the repository, removed whatever happens."""
     try:
         repository_dir.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=repository_dir))
+        # Not tempfile.mkdtemp: its folders are private (0700), and a new model's
+        # staging folder becomes the model folder, which servers must be able to read.
+        stage = repository_dir / f".export-{name}-{secrets.token_hex(4)}"
+        stage.mkdir()
     except OSError as error:
         raise FailedPreconditionError(
             f"cannot write to repository {repository_dir}: {error.strerror or error}"

@@ -53,9 +53,21 @@ class WithProbabilities(nn.Module):
 def export_onnx(model: nn.Module, card: ModelCard, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Trace `model` (eval mode, already folded) into a checked ONNX graph carrying `card`."""
     proto = trace_onnx(model, card.inputs[0].shape[1:], opset)
+    strip_debug_records(proto)
     check_graph(proto, card)
     set_card(proto, card.model_copy(update={"opset": opset}))
     return proto
+
+
+def strip_debug_records(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node debug records (FX names, class paths, stack traces).
+
+    They are ~10% of a file (0.5 MB of highway_mlp's 5 MB), nothing onnxruntime or
+    Triton reads, and the stack traces carry the exporting machine's absolute paths.
+    """
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
 
 
 def trace_onnx(

@@ -60,6 +60,8 @@ def test_graph_is_folded_checked_and_unrolled(
     ops = {node.op_type for node in proto.graph.node}
     assert "BatchNormalization" not in ops
     assert not ops & {"Loop", "Scan", "If"}  # a fixed unrolled graph (the Grid LSTM included)
+    # No per-node debug records: they hold the exporting machine's paths, and 10% of the bytes.
+    assert not any(node.metadata_props or node.doc_string for node in proto.graph.node)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= MIN_OPSET
     stored = {p.key: p.value for p in proto.metadata_props}[CARD_METADATA_KEY]
     assert ModelCard.from_json(stored).name == card.name

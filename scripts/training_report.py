@@ -43,11 +43,13 @@ def table_row(run: Path, target: float | None, history: list[dict]) -> str:
 def plot(histories: dict[str, list[dict]], path: Path) -> None:
     # Left: the whole range (deep plain nets may stay at chance); right: the top, zoomed.
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    colours = plt.get_cmap("tab20").colors  # 12 models: the default 10-colour cycle repeats
     for ax, (low, title) in zip(axes, [(0, "all models"), (97, "zoomed")], strict=True):
-        for name, rows in histories.items():
+        for colour, (name, rows) in zip(colours, histories.items(), strict=False):
             accuracy = [100 * r["val_accuracy"] for r in rows]
-            ax.plot([r["epoch"] for r in rows], accuracy, "o-", markersize=3, label=name)
+            ax.plot([r["epoch"] for r in rows], accuracy, "o-", ms=3, color=colour, label=name)
         ax.set(xlabel="epoch", ylabel="validation accuracy (%)", ylim=(low, 100), title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, ncol=2, loc="lower right")
     fig.suptitle("MNIST validation accuracy per epoch (default recipes)")

@@ -59,10 +59,14 @@ def load_checkpoint(
             f"checkpoint {path} holds model {card.name!r}, expected {expect_model!r}"
         )
     model = get_spec(card.name).build(**card.config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    mismatch = f"checkpoint {path} does not match architecture {card.name!r}"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of another shape: "size mismatch for ..."
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise CheckpointError(f"{mismatch}: {lines[1] if len(lines) > 1 else lines[0]}") from None
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint {path} does not match architecture {card.name!r}: "
-            f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
+            f"{mismatch}: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
         )
     return model.eval(), card

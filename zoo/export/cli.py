@@ -19,7 +19,7 @@ from tqdm import tqdm
 from zoo.card import ModelCard
 from zoo.checkpoint import load_checkpoint
 from zoo.data import load_mnist
-from zoo.errors import CheckpointError, InvalidArgumentError
+from zoo.errors import InvalidArgumentError
 from zoo.export.pipeline import ExportResult, ExportSettings, export_model, refuse_existing
 from zoo.models import get_spec, list_models
 from zoo.settings import add_settings_arguments, settings_from_args
@@ -64,25 +64,12 @@ def test_data(limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     return images[:limit], labels[:limit]
 
 
-def _load_checkpoint(path: Path, name: str) -> tuple[nn.Module, ModelCard]:
-    try:
-        return load_checkpoint(path, expect_model=name)
-    except RuntimeError as error:
-        # zoo.checkpoint turns missing/unexpected keys into CheckpointError, but a tensor of
-        # another shape makes load_state_dict raise RuntimeError: "size mismatch for ...".
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        reason = lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
-        raise CheckpointError(
-            f"checkpoint {path} does not match architecture {name!r}: {reason}"
-        ) from None
-
-
 def export_all(
     checkpoints: dict[str, Path], settings: ExportSettings, command: str
 ) -> list[ExportResult]:
     loaded: dict[str, tuple[nn.Module, ModelCard]] = {}
     for name, path in checkpoints.items():
-        loaded[name] = _load_checkpoint(path, name)
+        loaded[name] = load_checkpoint(path, expect_model=name)
         refuse_existing(settings, name)
     data = test_data(settings.verify_images)
     results = []

@@ -30,11 +30,13 @@ SLOW_BATCH = 64  # ~0.3-0.6 s per call of the slow model on 2 cores
 
 @pytest.fixture(scope="module")
 def slow_repository(tmp_path_factory: pytest.TempPathFactory, export_model) -> Path:
-    """One slow model whose queue holds at most 2 requests."""
+    """One slow model, one session call at a time (so a second request queues), whose
+    queue holds at most 2 requests."""
     repository = tmp_path_factory.mktemp("slow")
     model_dir = export_model(repository, "tiny_slow")
-    card = read_card(model_dir)
-    write_model_config(model_dir, config_for_card(card, max_batch_size=64, max_queue_size=2))
+    config = config_for_card(read_card(model_dir), max_batch_size=64, max_queue_size=2)
+    config.instance_group.add(count=1)
+    write_model_config(model_dir, config)
     return repository
 
 

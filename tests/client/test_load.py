@@ -24,7 +24,7 @@ def zoo_load(
     out = tmp_path / "run.json"
     command = [sys.executable, "-m", "zoo.cli", "load", "--url", address, "--model", model]
     command += ["--output", str(out), *flags.split()]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     return result, json.loads(out.read_text())
 
@@ -109,3 +109,27 @@ def test_load_usage_and_server_errors_are_one_line(tmp_path) -> None:
         [*command, "--url", "127.0.0.1:1", "--timeout", "2"], capture_output=True, text=True
     )
     assert down.returncode == 3 and "UNAVAILABLE" in down.stderr and "Traceback" not in down.stderr
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+@pytest.mark.slow
+def test_soak_a_minute_of_load_without_errors_or_growth(
+    start_zoo_server, served_repository: Path, model: str, tmp_path: Path
+) -> None:
+    """A minute at 16 in flight, batch 4: no error, and the server's memory stays put."""
+    server = start_zoo_server(served_repository)
+    steady = "--concurrency 16 --batch 4 --duration"
+    zoo_load(server.address, model, tmp_path, f"{steady} 5")  # warm-up: arenas and caches fill
+    settled = _rss_mb(server.process.pid)
+    _, report = zoo_load(server.address, model, tmp_path, f"{steady} 60")
+    (run,) = report["runs"]
+    assert run["error_count"] == 0 and run["successes"] > 1000
+    assert _rss_mb(server.process.pid) - settled < 50, "server memory grew under steady load"
+    with ZooClient(server.address) as client:
+        assert client.is_server_ready()

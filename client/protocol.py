@@ -18,8 +18,8 @@ import pydantic
 from client.errors import InferenceServerException
 from client.prediction import Prediction
 from proto import grpc_service_pb2 as pb
-from server.codec import DATATYPES  # the one datatype table, shared with the server
 from zoo.card import CARD_METADATA_KEY, OUTPUT_PROBABILITIES, ModelCard, TensorSpec
+from zoo.datatypes import DATATYPES
 from zoo.errors import InvalidArgumentError
 
 T = TypeVar("T")

@@ -4,7 +4,7 @@
 # Extra arguments go to `zoo serve` (e.g. --port 8001 --device auto).
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 REPOSITORY=${ZOO_REPOSITORY:-model_repository}
-mapfile -t models < <(zoo models --json | python -c 'import json,sys; [print(m["name"]) for m in json.load(sys.stdin)]')
+mapfile -t models < <(zoo models --names)
 missing=()
 for model in "${models[@]}"; do
     [ -f "$REPOSITORY/$model/config.pbtxt" ] || missing+=("$model")

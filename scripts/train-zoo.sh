@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 models=("$@")
 if [ ${#models[@]} -eq 0 ]; then
-    mapfile -t models < <(zoo models --json | python -c 'import json,sys; [print(m["name"]) for m in json.load(sys.stdin)]')
+    mapfile -t models < <(zoo models --names)
 fi
 for model in "${models[@]}"; do
     if [ -f "runs/$model/model.pt" ]; then

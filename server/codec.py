@@ -14,25 +14,8 @@ from functools import cached_property
 import numpy as np
 
 from proto.grpc_service_pb2 import ModelInferRequest, ModelInferResponse
+from zoo.datatypes import DATATYPES
 from zoo.errors import InvalidArgumentError
-
-# KServe v2 datatype -> (numpy dtype, InferTensorContents field). Little-endian on
-# the wire, whatever the host. FP16/BF16 travel only as raw bytes; BF16 and BYTES
-# have no numpy type here and are refused at model load.
-DATATYPES: dict[str, tuple[np.dtype, str | None]] = {
-    "BOOL": (np.dtype("?"), "bool_contents"),
-    "UINT8": (np.dtype("u1"), "uint_contents"),
-    "UINT16": (np.dtype("<u2"), "uint_contents"),
-    "UINT32": (np.dtype("<u4"), "uint_contents"),
-    "UINT64": (np.dtype("<u8"), "uint64_contents"),
-    "INT8": (np.dtype("i1"), "int_contents"),
-    "INT16": (np.dtype("<i2"), "int_contents"),
-    "INT32": (np.dtype("<i4"), "int_contents"),
-    "INT64": (np.dtype("<i8"), "int64_contents"),
-    "FP16": (np.dtype("<f2"), None),
-    "FP32": (np.dtype("<f4"), "fp32_contents"),
-    "FP64": (np.dtype("<f8"), "fp64_contents"),
-}
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,11 @@ from proto.grpc_service_pb2 import (
 )
 from proto.model_config_pb2 import ModelConfig, ModelInput, ModelOutput
 from server.batcher import CallContext, DynamicBatcher
-from server.codec import DATATYPES, TensorSpec, decode_inputs, encode_outputs, requested_outputs
+from server.codec import TensorSpec, decode_inputs, encode_outputs, requested_outputs
 from server.metrics import ServerMetrics
 from server.stats import BatchTiming, ModelStats
 from zoo.card import CARD_METADATA_KEY
+from zoo.datatypes import DATATYPES
 from zoo.errors import InvalidArgumentError, ZooError
 from zoo.repository import datatype_from_kserve, kserve_datatype, read_card
 

@@ -30,8 +30,12 @@ def models_main(argv: list[str]) -> int:
         return served_models_main(argv)
     parser = argparse.ArgumentParser(prog="zoo models", description="List the registered models.")
     parser.add_argument("--json", action="store_true", help="print a JSON list")
+    parser.add_argument("--names", action="store_true", help="print the names only, one a line")
     parser.add_argument("--url", help="list the models a server serves instead (HOST:PORT)")
     args = parser.parse_args(argv)
+    if args.names:
+        print("\n".join(spec.name for spec in list_models()))
+        return 0
     rows = registry_rows()
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -101,6 +101,7 @@ def test_models_json_lists_every_registered_model() -> None:
     assert [r["name"] for r in rows] == [s.name for s in list_models()]
     assert all({"name", "family", "params"} <= set(r) and r["params"] > 0 for r in rows)
     assert "bn_cnn" in zoo("models").stdout
+    assert zoo("models", "--names").stdout.split() == [s.name for s in list_models()]
 
 
 @pytest.mark.parametrize(

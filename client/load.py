@@ -151,10 +151,10 @@ def default_processes(concurrency: int | None, rate: float | None) -> int:
     """Enough generator processes for the load, never more than the CPUs.
 
     Every process costs CPU that, on a machine shared with the server, the server loses.
-    One process spends ~0.25 ms of CPU per request (grpc.aio), so it can send ~4,000
-    requests/s, more than a Python server answers on the 2-core dev machine; there, at 16
-    in flight, two processes measured 10-35% less throughput than one (and than
-    perf_analyzer), one process agreed with perf_analyzer within 2%.
+    One process spends ~0.17 ms of CPU per request, so it can send ~5,000 requests/s,
+    more than a Python server answers on the 2-core dev machine; there, at 16 in flight,
+    two processes measured 10-35% less throughput than one (and than perf_analyzer), one
+    process agreed with perf_analyzer within 2%.
     """
     wanted = (
         concurrency / CONCURRENCY_PER_PROCESS if concurrency else (rate or 0.0) / RATE_PER_PROCESS

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import threading
 import time
 
 import numpy as np
@@ -40,31 +40,50 @@ def test_fixed_arrivals_are_even_and_poisson_ones_have_the_rate() -> None:
 
 
 def test_closed_loop_keeps_concurrency_in_flight() -> None:
-    in_flight, peak, sent = 0, 0, []
+    lock, in_flight, peak, sent = threading.Lock(), 0, 0, []
 
-    async def send(n: int, due: float) -> None:
+    def send(n: int, due: float) -> None:
         nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        sent.append(n)
-        await asyncio.sleep(0.01)
-        in_flight -= 1
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+            sent.append(n)
+        time.sleep(0.01)
+        with lock:
+            in_flight -= 1
 
     start = time.monotonic()
-    asyncio.run(closed_loop(send, 4, 0.2, lambda: time.monotonic() - start))
+    closed_loop(send, 4, 0.2, lambda: time.monotonic() - start)
     assert peak == 4 and len(sent) >= 40 and len(set(sent)) == len(sent)
 
 
 def test_open_loop_does_not_wait_for_slow_replies() -> None:
-    due_times: list[float] = []
-
-    async def send(n: int, due: float) -> None:
-        due_times.append(due)
-        await asyncio.sleep(0.3)  # far slower than the 10 ms arrival gap
-
+    sent: list[tuple[int, float, float]] = []
     start = time.monotonic()
-    asyncio.run(open_loop(send, iter(np.arange(0.0, 0.2, 0.01)), lambda: time.monotonic() - start))
-    assert len(due_times) == 20 and time.monotonic() - start < 0.6
+
+    def send(n: int, due: float) -> None:
+        sent.append((n, due, time.monotonic() - start))
+        time.sleep(0.3)  # far slower than the 10 ms arrival gap
+
+    open_loop(send, iter(np.arange(0.0, 0.2, 0.01)), lambda: time.monotonic() - start)
+    assert sorted(n for n, _, _ in sent) == list(range(20))
+    lateness = np.array([at - due for _, due, at in sent])
+    assert lateness.max() < 0.05 and time.monotonic() - start < 0.6
+
+
+def test_open_loop_caps_its_threads_and_the_wait_shows_as_lateness() -> None:
+    sent: list[tuple[float, float]] = []
+    start = time.monotonic()
+
+    def send(n: int, due: float) -> None:
+        sent.append((due, time.monotonic() - start))
+        time.sleep(0.1)
+
+    clock = lambda: time.monotonic() - start  # noqa: E731
+    open_loop(send, iter(np.arange(0.0, 0.1, 0.01)), clock, max_threads=2)
+    assert len(sent) == 10
+    # Two threads, each busy 0.1 s per request: the tenth goes out ~0.4 s after it was due.
+    assert max(at - due for due, at in sent) > 0.3
 
 
 def test_summary_counts_the_window_and_measures_from_schedule() -> None:

@@ -1,7 +1,8 @@
 """Assembling the gRPC server: create_server() builds it, serve() runs it until a signal.
 
 The inference service, the standard grpc.health.v1.Health (the server as "" and each
-model by name) and server reflection, on one port; Prometheus /metrics on another.
+model by name) and server reflection, on one port, with TLS and a bearer token when asked
+for (server.security); Prometheus /metrics on another.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from proto import grpc_service_pb2, grpc_service_pb2_grpc
 from server.core import InferenceCore
+from server.security import TokenAuthInterceptor, server_credentials
 from server.servicer import InferenceServicer
 from server.settings import ServeSettings
 from zoo.errors import FailedPreconditionError
@@ -37,6 +39,9 @@ class ZooServer:
         self.health = health.HealthServicer()
         self.core = InferenceCore(settings, on_change=self._model_changed)
         limit = settings.max_message_mb * 1024 * 1024
+        token = settings.auth_token
+        # Without a token no interceptor runs: it would cost every request some Python.
+        interceptors = [TokenAuthInterceptor(token.get_secret_value())] if token is not None else []
         self.grpc = grpc.server(
             ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
             options=[
@@ -45,6 +50,7 @@ class ZooServer:
                 # Without this a second server silently shares a port that is in use.
                 ("grpc.so_reuseport", 0),
             ],
+            interceptors=interceptors,
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.core), self.grpc
@@ -57,7 +63,10 @@ class ZooServer:
         self.metrics_port: int | None = None
 
     def _bind(self, host: str, port: int) -> int:
+        cert, key = self.settings.tls_cert, self.settings.tls_key
         try:
+            if cert is not None and key is not None:
+                return self.grpc.add_secure_port(f"{host}:{port}", server_credentials(cert, key))
             return self.grpc.add_insecure_port(f"{host}:{port}")
         except RuntimeError:
             raise FailedPreconditionError(f"cannot listen on {host}:{port} (in use?)") from None

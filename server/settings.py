@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 
 from zoo.settings import ZooSettings
 
@@ -45,7 +45,34 @@ class ServeSettings(ZooSettings):
     allow_model_control: bool = Field(
         False, description="accept RepositoryModelLoad/Unload requests"
     )
+    tls_cert: FilePath | None = Field(
+        None, description="PEM certificate chain: serve TLS (needs --tls-key)"
+    )
+    tls_key: FilePath | None = Field(None, description="PEM private key of --tls-cert")
+    auth_token: SecretStr | None = Field(
+        None,
+        min_length=1,
+        description="require 'authorization: Bearer TOKEN' on every RPC but health checks "
+        "(prefer env ZOO_AUTH_TOKEN: flags show in ps)",
+    )
     grace: float = Field(10.0, ge=0, description="seconds in-flight requests get on SIGTERM")
     max_message_mb: int = Field(64, ge=1, description="largest gRPC message, in MiB, each way")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _pem_file(cls, path: Path | None) -> Path | None:
+        # Checked here, so that a wrong file fails before anything loads, in one line.
+        try:
+            if path is not None and b"-----BEGIN " not in path.read_bytes():
+                raise ValueError("not a PEM file")
+        except OSError as error:
+            raise ValueError(error.strerror) from None
+        return path
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return self

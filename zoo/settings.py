@@ -75,11 +75,13 @@ def add_settings_arguments(
 def format_validation_error(error: pydantic.ValidationError) -> str:
     """One line: the first problem, named as the user wrote it (a flag)."""
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "settings"
-    flag = "--" + where.replace("_", "-")
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across fields names its flags itself
+        return message
+    flag = "--" + ".".join(str(p) for p in first["loc"]).replace("_", "-")
     got = first.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{flag}: {first['msg']}{got_text}"
+    return f"{flag}: {message}{got_text}"
 
 
 def settings_from_args(settings_cls: type[S], args: argparse.Namespace, **extra: Any) -> S:

@@ -161,7 +161,7 @@ MISTAKES: dict[str, tuple[Callable[[MakeCheckpoint, Path], list[str | Path]], st
     "old opset": (lambda mk, t: ["bn_mlp", "--opset", "13"], "--opset: Input should be greater"),
     "preferred batch above max": (
         lambda mk, t: ["bn_mlp", "--max-batch-size", "16", "--preferred-batch-sizes", "8,32"],
-        "--preferred-batch-sizes: Value error, each must be between 1 and --max-batch-size 16",
+        "--preferred-batch-sizes: each must be between 1 and --max-batch-size 16",
     ),
     "unwritable repository": (
         lambda mk, t: [

@@ -1,0 +1,72 @@
+"""TLS and bearer-token authentication for `zoo serve`.
+
+TLS: the server presents a PEM certificate chain and key (`--tls-cert`, `--tls-key`).
+Tokens: with `--auth-token` (better: the environment variable ZOO_AUTH_TOKEN, which `ps`
+does not show) every RPC must carry the metadata `authorization: Bearer <token>`, as
+`ZooClient(token=...)`, `zoo ... --token` and tritonclient's `headers=` send it. The
+standard health service stays open, so that orchestrators can probe without the secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health
+
+OPEN_SERVICES = (f"/{health.SERVICE_NAME}/",)
+
+
+def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files (ServeSettings has checked that they are PEM)."""
+    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Refuses, with UNAUTHENTICATED, every RPC outside OPEN_SERVICES without the token."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
+            return handler
+        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization")
+        if sent is None:
+            return _refusal(handler, "missing metadata 'authorization: Bearer <token>'")
+        # As in HTTP, the scheme's case and the spaces around the value do not matter
+        # (perf_analyzer's -H "authorization: Bearer T" sends " Bearer T").
+        scheme, _, token = sent.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return _refusal(handler, "expected 'authorization: Bearer <token>'")
+        # A comparison in constant time: how long a refusal takes says nothing of the token.
+        if not hmac.compare_digest(token.strip().encode(), self._token):
+            return _refusal(handler, "wrong bearer token")
+        return handler
+
+
+def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that only refuses."""
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

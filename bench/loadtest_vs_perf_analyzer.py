@@ -12,6 +12,10 @@ Each pair runs `--repeats` times and the medians are compared, because the share
 load changes by tens of percent within a minute. Prints a table and writes JSON: requests/s,
 images/s, p50, p90 and p99 per tool (medians, and every run), and ours/perf_analyzer's.
 The aim (issue 5) is agreement within 15%.
+
+`--server-cpus 0 --client-cpus 1` pins the server to some CPUs and both tools to others,
+so that neither tool's own CPU is taken from the server (perf_analyzer's documentation
+advises running it apart from the server); the server then runs one instance per model.
 """
 
 from __future__ import annotations
@@ -58,8 +62,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def parse_cpus(spec: str | None) -> set[int] | None:
+    """`0`, `0,1` or `0-3`: the CPUs a process may run on (None: any)."""
+    if spec is None:
+        return None
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def pinned(cpus: set[int] | None) -> dict[str, Any]:
+    """subprocess keywords that start the child on `cpus` only."""
+    if cpus is None:
+        return {}
+    return {"preexec_fn": lambda: os.sched_setaffinity(0, cpus)}
+
+
 @contextmanager
-def served(repository: Path, url: str | None) -> Iterator[str]:
+def served(repository: Path, url: str | None, cpus: set[int] | None = None) -> Iterator[str]:
     """The server address: the given one, or a `zoo serve` started here for the run."""
     if url is not None:
         yield url
@@ -67,7 +89,12 @@ def served(repository: Path, url: str | None) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "zoo.cli", "serve", "--repository", str(repository),
                "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1"]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if cpus is not None:
+        # One session call per model at a time: two would fight over the pinned CPUs.
+        command += ["--instances", "1", "--intra-op-threads", str(len(cpus))]
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **pinned(cpus)
+    )
     try:
         wait_ready(f"127.0.0.1:{port}", server)
         yield f"127.0.0.1:{port}"
@@ -113,7 +140,7 @@ def run_zoo_load(address: str, args: argparse.Namespace, load: Load) -> dict[str
                    "--output", str(out), "--no-progress"]  # fmt: skip
         if args.processes:
             command += ["--processes", str(args.processes)]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, **pinned(args.client_cpus))
         run = json.loads(out.read_text())["runs"][0]
     return {key: run[key] for key in ("throughput_rps", "images_per_s", *COMPARED[1:])}
 
@@ -134,7 +161,7 @@ def run_perf_analyzer(
                    *flags, "--input-data", "zero", "--measurement-interval", str(window_ms),
                    "-s", str(STABILITY_PERCENT), "--max-trials", str(MAX_TRIALS),
                    "-f", str(out)]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, **pinned(args.client_cpus))
         if result.returncode != 0:
             return {"error": (result.stdout + result.stderr).strip().splitlines()[-1]}
         with out.open() as f:
@@ -225,20 +252,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--url", help="an already running server (default: start zoo serve)")
     parser.add_argument(
-        "--loads", default="c1,c4,c16,r300,c4x32", help="cN closed loop, rN open loop, xB batch B"
+        "--loads",
+        default="c1,c4,c16,r300,r1000,c4x32",
+        help="cN closed loop, rN open loop, xB batch B",
     )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="runs per tool and load (medians)")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--processes", type=int, help="zoo load generator processes")
+    parser.add_argument("--server-cpus", help="pin the server started here: e.g. 0 or 0-1")
+    parser.add_argument("--client-cpus", help="pin both load tools: e.g. 1 or 2-3")
     parser.add_argument(
         "--output", type=Path, default=ROOT / "bench/results/loadtest_vs_perf_analyzer.json"
     )
     args = parser.parse_args(argv)
+    args.server_cpus, args.client_cpus = parse_cpus(args.server_cpus), parse_cpus(args.client_cpus)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     binary = perf_analyzer_binary()
-    with served(args.repository, args.url) as address:
+    with served(args.repository, args.url, args.server_cpus) as address:
         results = [
             measure(binary, address, args, n, spec) for n, spec in enumerate(args.loads.split(","))
         ]
@@ -251,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "model": args.model,
         "duration_s": args.duration,
+        "server_cpus": sorted(args.server_cpus) if args.server_cpus else None,
+        "client_cpus": sorted(args.client_cpus) if args.client_cpus else None,
         "runs": results,
         "largest_disagreement": worst,
     }

@@ -42,6 +42,8 @@ REQUEST_POOL = 16
 RATE_WINDOW_S = 1.0
 CONCURRENCY_PER_PROCESS = 64
 RATE_PER_PROCESS = 2500.0
+# Above this p99 of send lag (ms) a run says that its generator fell behind.
+LAG_WARNING_MS = 1.0
 
 
 class LoadSettings(ClientSettings):
@@ -179,6 +181,14 @@ def run_one(
     summary = summarise(
         records, warmup_s=settings.warmup, duration_s=settings.duration, batch=settings.batch
     )
+    lag = summary["send_lag_p99_ms"]
+    if lag is not None and lag > LAG_WARNING_MS:
+        log.warning(
+            "%s: 1%% of requests went out over %.1f ms after they were due: the load "
+            "generator, not only the server, fell behind (more --processes, or more CPUs)",
+            label,
+            lag,
+        )
     mode = "closed" if concurrency else ("poisson" if settings.poisson else "open")
     return {
         "mode": mode,

@@ -29,6 +29,7 @@ class Records:
     start: np.ndarray  # float64 seconds from the run's start: min(due, sent)
     done: np.ndarray  # float64 seconds from the run's start
     codes: np.ndarray  # int32 gRPC status codes, 0 = OK
+    lag: np.ndarray  # float64 seconds the generator sent it after it was due (>= 0)
 
     @classmethod
     def merge(cls, parts: Sequence[Records]) -> Records:
@@ -36,6 +37,7 @@ class Records:
             np.concatenate([p.start for p in parts]),
             np.concatenate([p.done for p in parts]),
             np.concatenate([p.codes for p in parts]),
+            np.concatenate([p.lag for p in parts]),
         )
 
 
@@ -57,6 +59,7 @@ def summarise(
     errors = {
         STATUS_NAMES.get(int(c), str(int(c))): int(n) for c, n in zip(codes, counts, strict=True)
     }
+    lag_ms = records.lag[due] * 1e3
     return {
         "requests": int(np.count_nonzero(due)),
         "successes": int(latencies_ms.size),
@@ -65,6 +68,10 @@ def summarise(
         "throughput_rps": delivered / duration_s,
         "images_per_s": delivered * batch / duration_s,
         **latency_summary(latencies_ms),
+        # How late the generator itself sent: in an open loop, when this grows the client,
+        # not the server, is falling behind (~0 in a closed loop, which sends at once).
+        "send_lag_p99_ms": float(np.percentile(lag_ms, 99)) if lag_ms.size else None,
+        "send_lag_max_ms": float(lag_ms.max()) if lag_ms.size else None,
     }
 
 

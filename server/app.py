@@ -7,6 +7,7 @@ for (server.security); Prometheus /metrics on another.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -83,6 +84,10 @@ class ZooServer:
         self.grpc.start()
         for service in ("", INFERENCE_SERVICE):
             self.health.set(service, SERVING)
+        # Modules, sessions and protos loaded so far live as long as the server: out of the
+        # collector's sight, a full collection no longer walks them (10 ms here) while
+        # every request waits.
+        gc.freeze()
 
     def stop(self, grace: float) -> None:
         """Health NOT_SERVING, refuse new RPCs, give in-flight ones `grace` seconds."""

@@ -93,12 +93,15 @@ def test_summary_counts_the_window_and_measures_from_schedule() -> None:
     done = scheduled + 0.05
     codes = np.zeros(len(scheduled), np.int32)
     codes[[15, 25]] = 8  # RESOURCE_EXHAUSTED
-    summary = summarise(Records(scheduled, done, codes), warmup_s=1.0, duration_s=2.0, batch=4)
+    lag = np.zeros(len(scheduled))
+    lag[20] = 0.004  # one request sent 4 ms late
+    summary = summarise(Records(scheduled, done, codes, lag), warmup_s=1.0, duration_s=2.0, batch=4)
     assert summary["requests"] == 20 and summary["successes"] == 18
     assert summary["errors"] == {"RESOURCE_EXHAUSTED": 2} and summary["error_count"] == 2
     assert summary["throughput_rps"] == pytest.approx(9.0, abs=0.5)
     assert summary["images_per_s"] == pytest.approx(4 * summary["throughput_rps"])
     assert summary["p50_ms"] == pytest.approx(50.0) and summary["max_ms"] == pytest.approx(50.0)
+    assert summary["send_lag_max_ms"] == pytest.approx(4.0) and summary["send_lag_p99_ms"] > 0
 
 
 def test_percentiles_are_ordered_and_observed() -> None:

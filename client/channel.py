@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import Iterator, Sequence
@@ -65,7 +66,7 @@ class Connection:
     token: str | None = None
     retry: RetryPolicy = RetryPolicy()
 
-    @property
+    @functools.cached_property  # read on every call: built once
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 

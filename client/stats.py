@@ -6,7 +6,8 @@ arrived (`done`), both in seconds from the run's common start, and its gRPC stat
 due and when it was sent: in an open loop a request sent late still counts from its due
 time, so a server that falls behind cannot hide its queueing (coordinated omission, Gil
 Tene, 2013), and one sent a little early (timers wake ahead, see client.loadgen) counts
-from its send.
+from its send. How late each was sent (`lag`) is kept too: it tells when the generator,
+not the server, fell behind.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ class ZooClient(ClientBase):
             prediction = client.infer("bn_cnn", "digit.png", top_k=3)
 
     Every call has a deadline (`timeout` seconds, per call overridable); UNAVAILABLE is
-    retried with exponential backoff, on the next address, within that deadline.
+    retried for idempotent calls (all but load_model and unload_model) with exponential
+    backoff, on the next address, within that deadline.
     """
 
     def close(self) -> None:

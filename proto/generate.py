@@ -5,7 +5,7 @@
 
 protoc writes `import model_config_pb2`, which only works with proto/ on sys.path;
 we rewrite it to `from proto import model_config_pb2` so the stubs import as a
-package. grpcio-tools 1.62 is pinned in the dev extras because its generated code
+package. The dev extras' `protobuf<5` keeps pip on a grpcio-tools whose generated code
 targets protobuf 4.25, which tritonclient 2.51 also needs.
 """
 

@@ -2,7 +2,7 @@
 
 A request that arrives while fewer than `instances` session calls run (Triton's
 instance_group count) runs at once, on its own thread: no hand-off to a scheduler and
-no waiting (the Python gRPC stack is the bottleneck at batch 1, see FACTS.md). Requests
+no waiting (the Python gRPC stack is the bottleneck at batch 1, see ../shared/FACTS.md). Requests
 that arrive while all instances are busy queue; when a call ends, its runner hands the
 lead to the oldest queued request, whose thread takes as many queued requests as fit in
 `max_batch_size`, waits up to `max_queue_delay` for a preferred batch size, and runs

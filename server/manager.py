@@ -1,6 +1,7 @@
 """The models being served: scanning the repository, loading and swapping versions.
 
-Readers never lock: each model's entry is an immutable snapshot replaced whole. A
+Readers never lock: each model's entry is an immutable snapshot replaced whole (its
+models' metadata replies are rebuilt when the set of ready versions changes). A
 request holds a reference to its LoadedModel, so a version swapped out or removed
 keeps its session until its in-flight requests finish, then is garbage.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from proto.model_config_pb2 import ModelConfig
@@ -50,6 +51,8 @@ class _Entry:
     versions: dict[int, LoadedModel] = field(default_factory=dict)
     stamps: dict[int, Stamp] = field(default_factory=dict)
     states: dict[str, VersionState] = field(default_factory=dict)
+    # Files of versions whose last load failed: a poll retries only once they change.
+    failed: dict[int, Stamp] = field(default_factory=dict)
 
     @property
     def latest(self) -> LoadedModel | None:
@@ -110,7 +113,9 @@ class ModelManager:
 
     def versions_of(self, name: str) -> list[LoadedModel]:
         self.get(name)  # raises NOT_FOUND / UNAVAILABLE with the reason
-        return [m for _, m in sorted(self._entries[name].versions.items())]
+        # The poller may have removed it since: what it served then is still an answer.
+        entry = self._entries.get(name, _Entry())
+        return [m for _, m in sorted(entry.versions.items())]
 
     def index(self) -> list[tuple[str, str, VersionState]]:
         """(name, version, state) for every model and version known, failed ones included."""
@@ -141,8 +146,8 @@ class ModelManager:
             raise NotFoundError(f"no model {name!r} in {self.repository}")
         with self._sync_lock:
             self._unloaded.discard(name)
-            self._sync(name)
-        entry = self._entries[name]
+            self._sync(name, retry_failed=True)
+            entry = self._entries[name]
         if not entry.versions:
             raise FailedPreconditionError(f"model {name!r} failed to load: {entry.reason()}")
 
@@ -154,9 +159,11 @@ class ModelManager:
             self._publish(name, _Entry(states={"": VersionState(UNAVAILABLE, "unloaded")}))
         log.info("unloaded %s", name)
 
-    def _sync(self, name: str) -> None:
+    def _sync(self, name: str, retry_failed: bool = False) -> None:
         model_dir = self.repository / name
         old = self._entries.get(name, _Entry())
+        if retry_failed:
+            old = replace(old, failed={})
         if not model_dir.is_dir():
             if old.versions:
                 log.info("%s removed from the repository: unloading", name)
@@ -179,18 +186,23 @@ class ModelManager:
     def _load_versions(
         self, model_dir: Path, config: ModelConfig, wanted: list[int], old: _Entry
     ) -> _Entry:
-        versions, stamps, states = {}, {}, {}
+        versions, stamps, states, failed = {}, {}, {}, {}
         for version in wanted:
             stamp = _stamp(model_dir, version, config)
             if old.stamps.get(version) == stamp:
                 versions[version], stamps[version] = old.versions[version], stamp
                 states[str(version)] = VersionState(READY)
                 continue
+            if old.failed.get(version) == stamp:  # failed and unchanged: not retried each poll
+                failed[version], states[str(version)] = stamp, old.states[str(version)]
+                if version in old.versions:
+                    versions[version], stamps[version] = old.versions[version], old.stamps[version]
+                continue
             try:
                 versions[version] = self._loader(model_dir, version, _copy(config))
             except Exception as error:  # a broken model must not stop the others
                 log.error("model %s version %d failed to load: %s", model_dir.name, version, error)
-                states[str(version)] = VersionState(UNAVAILABLE, str(error))
+                failed[version], states[str(version)] = stamp, VersionState(UNAVAILABLE, str(error))
                 if version in old.versions:  # keep serving the previous load
                     versions[version], stamps[version] = old.versions[version], old.stamps[version]
                 continue
@@ -202,9 +214,22 @@ class ModelManager:
             log.info(
                 "unloading %s version %d after its in-flight requests", model_dir.name, version
             )
-        return _Entry(versions, stamps, states)
+        return _Entry(versions, stamps, states, failed)
 
     def _publish(self, name: str, entry: _Entry | None) -> None:
+        old = self._entries.get(name)
+        if (
+            entry is not None
+            and old is not None
+            and (entry.versions, entry.states)
+            == (
+                old.versions,
+                old.states,
+            )
+        ):
+            # A poll that changed nothing: no new replies, no health notices.
+            self._entries[name] = entry
+            return
         if entry is None:
             self._entries.pop(name, None)
         else:

@@ -1,5 +1,6 @@
 """One loaded model version: its onnxruntime session, batcher, statistics and the
-metadata/config replies, built once at load instead of per request."""
+metadata/config replies, built at load (metadata again when the ready versions change),
+never per request."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from server.stats import BatchTiming, ModelStats
 from zoo.card import CARD_METADATA_KEY
 from zoo.datatypes import DATATYPES
 from zoo.errors import InvalidArgumentError, ZooError
-from zoo.repository import datatype_from_kserve, kserve_datatype, read_card
+from zoo.repository import PLATFORM_ONNX, datatype_from_kserve, kserve_datatype, read_card
 
 # onnxruntime's type strings -> KServe v2 datatypes.
 ORT_DATATYPES = {
@@ -40,7 +41,7 @@ ORT_DATATYPES = {
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
 }
-PLATFORMS = ("onnxruntime_onnx", "")
+PLATFORMS = (PLATFORM_ONNX, "")
 BACKENDS = ("onnxruntime", "")
 
 
@@ -107,7 +108,7 @@ def _checked_specs(
     if config.platform not in PLATFORMS or config.backend not in BACKENDS:
         raise InvalidArgumentError(
             f"platform {config.platform!r} / backend {config.backend!r}: we serve only "
-            "onnxruntime_onnx"
+            f"{PLATFORM_ONNX}"
         )
     complete_config(config, session)
     inputs = [_config_spec(t, config.max_batch_size) for t in config.input]
@@ -180,7 +181,7 @@ class LoadedModel:
         return ModelMetadataResponse(
             name=self.name,
             versions=versions,
-            platform="onnxruntime_onnx",
+            platform=PLATFORM_ONNX,
             inputs=[tensor(s) for s in self.inputs.values()],
             outputs=[tensor(s) for s in self.outputs],
         )

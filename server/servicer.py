@@ -40,20 +40,47 @@ def status_of(error: ZooError) -> grpc.StatusCode:
     return STATUS.get(error.code, grpc.StatusCode.UNKNOWN)
 
 
-def _translated(method: Callable[..., R]) -> Callable[..., R]:
-    """A ZooError becomes its status; anything else is our bug: INTERNAL, logged."""
+def failure(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """A ZooError's status and message; anything else is our bug: INTERNAL, logged."""
+    if isinstance(error, ZooError):
+        return status_of(error), str(error)
+    log.error("%s failed", method, exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"{method}: internal server error"
 
+
+def _translated(method: Callable[..., R]) -> Callable[..., R]:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
         try:
             return method(self, request, context)
-        except ZooError as error:
-            context.abort(status_of(error), str(error))
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal server error")
+        except Exception as error:
+            context.abort(*failure(error, method.__name__))
 
     return wrapper
+
+
+class _StreamCall:
+    """The call context that one stream's requests share, as the batcher sees it.
+
+    A stream's requests run one at a time, so one cancel hook at a time is enough: each
+    request's replaces the last, where grpc would keep every one until the stream ends.
+    """
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+        self._on_cancel: Callable[[], None] | None = None
+        context.add_callback(self._cancelled)
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self._on_cancel = callback
+        return True
+
+    def _cancelled(self) -> None:
+        if self._on_cancel is not None:
+            self._on_cancel()
 
 
 class InferenceServicer(GRPCInferenceServiceServicer):
@@ -96,16 +123,18 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, requests: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ModelStreamInferResponse]:
         # An error answers its request and the stream goes on, as in Triton.
+        call = _StreamCall(context)
         for request in requests:
             try:
-                yield pb.ModelStreamInferResponse(infer_response=self._core.infer(request, context))
-            except ZooError as error:
+                yield pb.ModelStreamInferResponse(infer_response=self._core.infer(request, call))
+            except Exception as error:
                 reply = pb.ModelInferResponse(
                     model_name=request.model_name,
                     model_version=request.model_version,
                     id=request.id,
                 )
-                yield pb.ModelStreamInferResponse(error_message=str(error), infer_response=reply)
+                _, message = failure(error, "ModelStreamInfer")
+                yield pb.ModelStreamInferResponse(error_message=message, infer_response=reply)
 
     @_translated
     def ModelStatistics(

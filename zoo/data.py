@@ -33,7 +33,6 @@ Split = Literal["train", "test"]
 # applies them as its fixed first step (zoo.models.layers.Normalize).
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
-MNIST_CLASSES = 10
 
 # (images file, labels file, number of items) per split, with the md5 of the unpacked files.
 MNIST_FILES: dict[Split, tuple[str, str, int]] = {

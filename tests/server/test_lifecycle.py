@@ -174,6 +174,8 @@ def test_polling_swaps_versions_without_failing_requests_and_reports_broken_mode
     assert _code(lambda: stub.ModelInfer(request_for("broken", random_images(1)))) == (
         grpc.StatusCode.UNAVAILABLE
     )
+    time.sleep(1.0)  # five more polls: unchanged files are not loaded again
+    assert server.log().count("model broken version 1 failed to load") == 1
 
     shutil.rmtree(repository / "tiny_mlp")
     _wait_for(lambda: not stub.ModelReady(pb.ModelReadyRequest(name="tiny_mlp")).ready)
@@ -294,6 +296,23 @@ def test_a_request_cancelled_while_queued_is_not_computed(
         queued = stub.ModelInfer.future(request_for("tiny_slow", random_images(5)))
         _wait_for(lambda: _in_flight(server) == 2)
         queued.cancel()
+        running.result()
+    (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="tiny_slow")).model_stats
+    assert [b.batch_size for b in stats.batch_stats] == [SLOW_BATCH]
+    assert "Traceback" not in server.log()
+
+
+def test_a_stream_cancelled_while_its_request_is_queued_computes_nothing_more(
+    start_zoo_server, slow_repository: Path, request_for, random_images
+) -> None:
+    server = start_zoo_server(slow_repository)
+    stub = _stub(server.address)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(stub.ModelInfer, request_for("tiny_slow", random_images(SLOW_BATCH)))
+        _wait_for(lambda: _in_flight(server) == 1)
+        stream = stub.ModelStreamInfer(iter([request_for("tiny_slow", random_images(5))]))
+        _wait_for(lambda: _in_flight(server) == 2)
+        stream.cancel()
         running.result()
     (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="tiny_slow")).model_stats
     assert [b.batch_size for b in stats.batch_stats] == [SLOW_BATCH]

@@ -28,7 +28,7 @@ from zoo.errors import ExportError
 
 log = logging.getLogger(__name__)
 
-# Opset 17 is the oldest the dynamo exporter produced faithfully here (see FACTS.md); it
+# Opset 17 is the oldest the dynamo exporter produced faithfully here (see ../shared/FACTS.md); it
 # writes opset 18 natively, so that is the default.
 MIN_OPSET = 17
 DEFAULT_OPSET = 18

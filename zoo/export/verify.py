@@ -64,17 +64,14 @@ class Verification:
         return f"{self.images} images; " + "; ".join(parts)
 
 
-def session(
-    model_path: Path, level: str = "enabled", threads: int = 0, spin: bool = True
-) -> ort.InferenceSession:
-    """A CPU onnxruntime session at one of OPTIMISATION_LEVELS (threads 0: ort's default).
+def session(model_path: Path, level: str = "enabled", spin: bool = True) -> ort.InferenceSession:
+    """A CPU onnxruntime session at one of OPTIMISATION_LEVELS, with ort's default threads.
 
     `spin=False` stops idle worker threads from spin-waiting, which would otherwise take
     the CPU from another session run right after this one.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = OPTIMISATION_LEVELS[level]
-    options.intra_op_num_threads = threads
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: ort's warnings are about its own fusions

@@ -67,7 +67,8 @@ class ZooServer:
         cert, key = self.settings.tls_cert, self.settings.tls_key
         try:
             if cert is not None and key is not None:
-                return self.grpc.add_secure_port(f"{host}:{port}", server_credentials(cert, key))
+                credentials = server_credentials(cert, key, self.settings.tls_client_ca)
+                return self.grpc.add_secure_port(f"{host}:{port}", credentials)
             return self.grpc.add_insecure_port(f"{host}:{port}")
         except RuntimeError:
             raise FailedPreconditionError(f"cannot listen on {host}:{port} (in use?)") from None

@@ -1,6 +1,7 @@
 """TLS and bearer-token authentication for `zoo serve`.
 
-TLS: the server presents a PEM certificate chain and key (`--tls-cert`, `--tls-key`).
+TLS: the server presents a PEM certificate chain and key (`--tls-cert`, `--tls-key`);
+with `--tls-client-ca` it also demands a client certificate signed by that authority.
 Tokens: with `--auth-token` (better: the environment variable ZOO_AUTH_TOKEN, which `ps`
 does not show) every RPC must carry the metadata `authorization: Bearer <token>`, as
 `ZooClient(token=...)`, `zoo ... --token` and tritonclient's `headers=` send it. The
@@ -20,9 +21,18 @@ from grpc_health.v1 import health
 OPEN_SERVICES = (f"/{health.SERVICE_NAME}/",)
 
 
-def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
-    """TLS credentials from PEM files (ServeSettings has checked that they are PEM)."""
-    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+def server_credentials(
+    cert: Path, key: Path, client_ca: Path | None = None
+) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files (ServeSettings has checked that they are PEM); with
+    `client_ca`, mutual TLS: a client without a certificate signed by it cannot connect."""
+    if client_ca is None:
+        return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())],
+        root_certificates=client_ca.read_bytes(),
+        require_client_auth=True,
+    )
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):

@@ -49,6 +49,11 @@ class ServeSettings(ZooSettings):
         None, description="PEM certificate chain: serve TLS (needs --tls-key)"
     )
     tls_key: FilePath | None = Field(None, description="PEM private key of --tls-cert")
+    tls_client_ca: FilePath | None = Field(
+        None,
+        description="PEM certificate authority: require every client to present a certificate "
+        "it signed (mutual TLS; needs --tls-cert)",
+    )
     auth_token: SecretStr | None = Field(
         None,
         min_length=1,
@@ -60,7 +65,7 @@ class ServeSettings(ZooSettings):
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
-    @field_validator("tls_cert", "tls_key")
+    @field_validator("tls_cert", "tls_key", "tls_client_ca")
     @classmethod
     def _pem_file(cls, path: Path | None) -> Path | None:
         # Checked here, so that a wrong file fails before anything loads, in one line.
@@ -75,4 +80,6 @@ class ServeSettings(ZooSettings):
     def _tls_pair(self) -> ServeSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         return self

@@ -6,7 +6,11 @@ never executes code from the file.
 
 from __future__ import annotations
 
+import codecs
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -37,16 +41,68 @@ def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    # torch.save writes a zip archive holding data.pkl; anything else would reach torch's
+    # legacy unpickler or zip reader, whose errors ("101", a codec error, "[enforce fail at
+    # inline_container.cc]") do not say that the file is of another kind.
+    foreign = _foreign_content(path)
+    if foreign:
+        raise _not_a_checkpoint(path, "the zip archive that `zoo train` writes", foreign)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # weights_only refused a pickled class
+        refused = _REFUSED_GLOBAL.search(str(error))
+        what = f" ({refused.group(1)})" if refused else ""
+        raise _not_a_checkpoint(
+            path, "weights and a model card", f"pickled Python objects{what}"
+        ) from None
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"checkpoint {path} is unreadable: {reason}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a modelzoo checkpoint (expected format {CHECKPOINT_FORMAT})"
+    if not isinstance(payload, dict):
+        raise _not_a_checkpoint(path, _EXPECTED_PAYLOAD, f"a {type(payload).__name__}")
+    if "format" not in payload:
+        keys = sorted(map(str, payload))
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        raise _not_a_checkpoint(path, _EXPECTED_PAYLOAD, f"a dict of {shown}")
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise _not_a_checkpoint(
+            path, f"format {CHECKPOINT_FORMAT}", f"format {payload['format']!r}"
         )
     return ModelCard.model_validate(payload["card"]), payload["state_dict"]
+
+
+_EXPECTED_PAYLOAD = "a dict of format, card and state_dict"
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _not_a_checkpoint(path: Path, expected: str, got: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a modelzoo checkpoint: expected {expected}, got {got}")
+
+
+def _foreign_content(path: Path) -> str:
+    """What the file holds in a few words if it is not torch.save's archive, else ""."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(name.endswith("/data.pkl") for name in names):
+            return ""
+        return f"a zip archive of {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        head = file.read(64)
+    if not head:
+        return "an empty file"
+    if head.startswith(_ZIP_MAGIC):  # a zip without its central directory at the end
+        return f"a truncated or damaged zip archive ({size:,} bytes)"
+    try:
+        # Incremental, so that a character cut at the 64th byte is not taken for binary.
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        text = ""
+    if text.strip() and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f"a text file starting {text.strip().splitlines()[0][:40]!r}"
+    return f"{size:,} bytes of binary data starting {head[:8].hex(' ')}"
 
 
 def load_checkpoint(

@@ -34,6 +34,7 @@ from zoo.data import (
     load_mnist,
     train_val_split,
 )
+from zoo.errors import FailedPreconditionError, InvalidArgumentError
 from zoo.models import ModelSpec, TrainRecipe, get_spec
 from zoo.models.layers import count_params
 from zoo.settings import ZooSettings, add_settings_arguments, settings_from_args
@@ -162,7 +163,14 @@ def train(settings: TrainSettings, command: str) -> tuple[nn.Module, ModelCard, 
     spec = get_spec(settings.model)
     recipe = resolve_recipe(spec, settings)
     out = settings.out or RUNS_DIR / spec.name
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(f"--out {out} is a file: expected a folder, new or existing")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file above it, no permission: say so before hours of training
+        raise FailedPreconditionError(
+            f"cannot write to output folder {out}: {error.strerror or error}"
+        ) from None
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)

@@ -126,6 +126,19 @@ def write_garbage(path: Path) -> Path:
     return path
 
 
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def bare_state_dict(make_checkpoint: MakeCheckpoint) -> Path:
+    """A bn_mlp's weights saved without the card, as `torch.save(model.state_dict())` does."""
+    path = make_checkpoint("bn_mlp", **SMALL)
+    model, _ = load_checkpoint(path)
+    torch.save(model.state_dict(), path)
+    return path
+
+
 def other_architecture(make_checkpoint: MakeCheckpoint) -> Path:
     """plain_mlp_relu's weights under a bn_mlp card."""
     path = make_checkpoint("bn_mlp", **SMALL)
@@ -142,9 +155,20 @@ MISTAKES: dict[str, tuple[Callable[[MakeCheckpoint, Path], list[str | Path]], st
         lambda mk, t: ["bn_mlp", "--checkpoint", t / "nope.pt"],
         "does not exist",
     ),
-    "corrupt checkpoint": (
+    "binary file as checkpoint": (
         lambda mk, t: ["bn_mlp", "--checkpoint", write_garbage(t / "bad.pt")],
-        "is unreadable",
+        "bad.pt is not a modelzoo checkpoint: expected the zip archive that `zoo train` writes,"
+        " got 170 bytes of binary data starting 00 6e 6f 74 20 61 20 63",
+    ),
+    "text file as checkpoint": (
+        lambda mk, t: ["bn_mlp", "--checkpoint", write_text(t / "notes.pt", "trained on Monday")],
+        "notes.pt is not a modelzoo checkpoint: expected the zip archive that `zoo train` writes,"
+        " got a text file starting 'trained on Monday'",
+    ),
+    "bare state_dict as checkpoint": (
+        lambda mk, t: ["bn_mlp", "--checkpoint", bare_state_dict(mk)],
+        "is not a modelzoo checkpoint: expected a dict of format, card and state_dict,"
+        " got a dict of net.2.weight, net.3.bias, net.3.num_batches_tracked, ...",
     ),
     "another model's checkpoint": (
         lambda mk, t: ["bn_mlp", "--checkpoint", mk("plain_mlp_relu")],

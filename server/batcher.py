@@ -245,16 +245,22 @@ class DynamicBatcher:
                 p.fail(ModelExecutionError(f"model execution failed: {error}"))
             return
         t2 = time.perf_counter_ns()
-        offset = 0
-        parts = []
-        for p in batch:
-            parts.append([o[offset : offset + p.size] for o in outputs])
-            offset += p.size
+        # A lone request takes the outputs whole: a model without a batch dimension
+        # (max_batch_size 0) has no rows to split, whatever its first dimension holds.
+        parts = [outputs] if len(batch) == 1 else self._split(batch, outputs)
         timing = BatchTiming(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
         self._on_execution(size, timing)
         for p, outs in zip(batch, parts, strict=True):
             p.result = BatchResult(outs, t0 - p.arrived_ns, timing, size)
             p.wake()
+
+    @staticmethod
+    def _split(batch: list[_Pending], outputs: list[np.ndarray]) -> list[list[np.ndarray]]:
+        parts, offset = [], 0
+        for p in batch:
+            parts.append([o[offset : offset + p.size] for o in outputs])
+            offset += p.size
+        return parts
 
     def _hand_off(self) -> None:
         with self._lock:

@@ -102,6 +102,8 @@ def decode_inputs(
             raise InvalidArgumentError(
                 f"unknown input {tensor.name!r}: the model's inputs are {sorted(specs)}"
             )
+        if spec.name in arrays:
+            raise InvalidArgumentError(f"input {spec.name!r} given twice; send each input once")
         if tensor.datatype != spec.datatype:
             raise InvalidArgumentError(
                 f"input {spec.name!r}: expected datatype {spec.datatype}, got {tensor.datatype!r}"
@@ -113,7 +115,7 @@ def decode_inputs(
         arrays[spec.name] = flat.reshape(shape)
     if len(arrays) != len(specs):
         missing = sorted(set(specs) - set(arrays))
-        raise InvalidArgumentError(f"missing inputs {missing} (or one given twice)")
+        raise InvalidArgumentError(f"missing inputs {missing}: the model needs {sorted(specs)}")
     if not max_batch_size:
         return arrays, 1
     batch = len(next(iter(arrays.values())))

@@ -9,6 +9,7 @@ keeps its session until its in-flight requests finish, then is garbage.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from zoo.errors import (
 )
 from zoo.repository import (
     CONFIG_FILENAME,
+    is_version_name,
     list_models,
     list_versions,
     model_file,
@@ -80,6 +82,11 @@ class ModelManager:
         on_change: Callable[[str, bool], None] = lambda name, ready: None,
     ) -> None:
         self.repository = Path(repository)
+        # Reasons and messages name files relative to the repository: a client has no
+        # business knowing where the server keeps it.
+        self._prefixes = tuple(
+            dict.fromkeys(f"{p}{os.sep}" for p in (self.repository.resolve(), self.repository))
+        )
         self._loader = loader
         self._on_change = on_change
         self._entries: dict[str, _Entry] = {}
@@ -143,7 +150,7 @@ class ModelManager:
             # A request must not reach outside the repository ("../elsewhere").
             raise InvalidArgumentError(f"model name {name!r} is not a repository folder name")
         if not (self.repository / name).is_dir():
-            raise NotFoundError(f"no model {name!r} in {self.repository}")
+            raise NotFoundError(f"no model {name!r} in the repository")
         with self._sync_lock:
             self._unloaded.discard(name)
             self._sync(name, retry_failed=True)
@@ -170,15 +177,18 @@ class ModelManager:
             self._publish(name, None)
             return
         try:
+            self._inside_repository(model_dir, model_dir / CONFIG_FILENAME)
             config = read_model_config(model_dir)
             policy = config.version_policy if config.HasField("version_policy") else None
             wanted = list_versions(model_dir, policy)
             if not wanted:
                 raise NotFoundError(f"no version folder such as {model_dir}/1/")
+            model_file(model_dir, wanted[0], config)  # refuses a name that leaves the folder
         except ZooError as error:
-            log.error("model %s: %s", name, error)
+            reason = self._relative(str(error))
+            log.error("model %s: %s", name, reason)
             states = {str(v): VersionState(READY) for v in old.versions}
-            states[""] = VersionState(UNAVAILABLE, str(error))
+            states[""] = VersionState(UNAVAILABLE, reason)
             self._publish(name, _Entry(old.versions, old.stamps, states))
             return
         self._publish(name, self._load_versions(model_dir, config, wanted, old))
@@ -199,22 +209,50 @@ class ModelManager:
                     versions[version], stamps[version] = old.versions[version], old.stamps[version]
                 continue
             try:
+                self._inside_repository(model_file(model_dir, version, config))
                 versions[version] = self._loader(model_dir, version, _copy(config))
             except Exception as error:  # a broken model must not stop the others
-                log.error("model %s version %d failed to load: %s", model_dir.name, version, error)
-                failed[version], states[str(version)] = stamp, VersionState(UNAVAILABLE, str(error))
-                if version in old.versions:  # keep serving the previous load
+                reason = self._relative(str(error))
+                log.error("model %s version %d failed to load: %s", model_dir.name, version, reason)
+                failed[version], states[str(version)] = stamp, VersionState(UNAVAILABLE, reason)
+                if version in old.versions:  # keep serving the previous load, and say so
                     versions[version], stamps[version] = old.versions[version], old.stamps[version]
+                    states[str(version)] = VersionState(
+                        READY, f"serving the previous load; reloading failed: {reason}"
+                    )
                 continue
             stamps[version] = stamp
             states[str(version)] = VersionState(READY)
             log.info("loaded %s version %d", model_dir.name, version)
-        for version in sorted(set(old.versions) - set(versions)):
+        # A version the policy no longer wants serves on until as many wanted ones are
+        # ready (as in Triton): a new version that is broken, or still being copied,
+        # must not take down the one that works.
+        short = len(wanted) - len(versions)
+        for version in sorted(set(old.versions) - set(versions), reverse=True):
+            if short > 0:
+                short -= 1
+                versions[version], stamps[version] = old.versions[version], old.stamps[version]
+                states[str(version)] = VersionState(READY, "serving until a newer version is ready")
+                continue
             states[str(version)] = VersionState(UNAVAILABLE, "unloaded")
             log.info(
                 "unloading %s version %d after its in-flight requests", model_dir.name, version
             )
         return _Entry(versions, stamps, states, failed)
+
+    def _inside_repository(self, *paths: Path) -> None:
+        """Refuse files that resolve outside the repository (symlinks leading out of it)."""
+        root = self.repository.resolve()
+        for path in paths:
+            if not path.resolve().is_relative_to(root):
+                raise InvalidArgumentError(
+                    f"{self._relative(str(path))} leads outside the model repository"
+                )
+
+    def _relative(self, message: str) -> str:
+        for prefix in self._prefixes:
+            message = message.replace(prefix, "")
+        return message
 
     def _publish(self, name: str, entry: _Entry | None) -> None:
         old = self._entries.get(name)
@@ -261,7 +299,7 @@ class ModelManager:
 
 
 def _parse(version: str) -> int:
-    return int(version) if version.isdigit() else -1
+    return int(version) if is_version_name(version) else -1
 
 
 def _copy(config: ModelConfig) -> ModelConfig:

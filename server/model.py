@@ -113,8 +113,17 @@ def _checked_specs(
     complete_config(config, session)
     inputs = [_config_spec(t, config.max_batch_size) for t in config.input]
     outputs = [_config_spec(t, config.max_batch_size) for t in config.output]
-    _matching(inputs, [_ort_spec(a) for a in session.get_inputs()], "input")
+    graph_inputs = [_ort_spec(a) for a in session.get_inputs()]
+    _matching(inputs, graph_inputs, "input")
     _matching(outputs, [_ort_spec(a) for a in session.get_outputs()], "output")
+    # The other way too: an input the graph needs but the config leaves out would fail
+    # every request. (A config may list a subset of the outputs: the rest are not served.)
+    unlisted = sorted({s.name for s in graph_inputs} - {s.name for s in inputs})
+    if unlisted:
+        raise InvalidArgumentError(
+            f"the model needs inputs {unlisted} that the config does not list "
+            f"(it lists {[s.name for s in inputs]})"
+        )
     return inputs, outputs
 
 

@@ -38,12 +38,14 @@ __all__ = [
     "card_file",
     "config_for_card",
     "datatype_from_kserve",
+    "is_version_name",
     "kserve_datatype",
     "list_models",
     "list_versions",
     "model_file",
     "read_card",
     "read_model_config",
+    "version_folders",
     "write_model_config",
 ]
 
@@ -129,6 +131,8 @@ def read_model_config(model_dir: Path) -> ModelConfig:
         text = path.read_text()
     except FileNotFoundError:
         raise NotFoundError(f"{path}: missing (every model folder needs a config)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidArgumentError(f"{path}: unreadable as protobuf text: {error}") from None
     try:
         config = text_format.Parse(text, ModelConfig())
     except text_format.ParseError as error:
@@ -150,18 +154,23 @@ def list_models(repository: Path) -> list[str]:
     return sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _version_folders(model_dir: Path) -> list[int]:
-    # Triton ignores folders that are not a number or that start with 0.
+def is_version_name(name: str) -> bool:
+    """A version folder's name, as Triton reads them: a positive decimal, no leading 0.
+
+    ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
+    return name.isascii() and name.isdigit() and not name.startswith("0")
+
+
+def version_folders(model_dir: Path) -> list[int]:
+    """Every version folder of a model, ascending, whatever the policy serves."""
     return sorted(
-        int(p.name)
-        for p in Path(model_dir).iterdir()
-        if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")
+        int(p.name) for p in Path(model_dir).iterdir() if p.is_dir() and is_version_name(p.name)
     )
 
 
 def list_versions(model_dir: Path, policy: ModelVersionPolicy | None = None) -> list[int]:
     """The versions to serve, ascending, per `policy` (default: the latest one, as in Triton)."""
-    present = _version_folders(model_dir)
+    present = version_folders(model_dir)
     choice = policy.WhichOneof("policy_choice") if policy is not None else None
     if choice == "all":
         return present
@@ -173,10 +182,16 @@ def list_versions(model_dir: Path, policy: ModelVersionPolicy | None = None) -> 
 
 
 def model_file(model_dir: Path, version: int, config: ModelConfig) -> Path:
-    """The model file of one version: `default_model_filename` or model.onnx."""
-    return (
-        Path(model_dir) / str(version) / (config.default_model_filename or DEFAULT_MODEL_FILENAME)
-    )
+    """The model file of one version: `default_model_filename` or model.onnx.
+
+    The name must be a plain file name: "../../elsewhere/model.onnx" would reach outside
+    the version folder."""
+    name = config.default_model_filename or DEFAULT_MODEL_FILENAME
+    if name != Path(name).name or name in (".", ".."):
+        raise InvalidArgumentError(
+            f"default_model_filename {name!r}: expected a file name inside the version folder"
+        )
+    return Path(model_dir) / str(version) / name
 
 
 def card_file(model_dir: Path) -> Path:

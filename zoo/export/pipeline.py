@@ -105,8 +105,7 @@ def refuse_existing(settings: ExportSettings, name: str) -> None:
 
 
 def _next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
-    return max(versions, default=0) + 1
+    return max(repository.version_folders(model_dir), default=0) + 1
 
 
 def export_model(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import zoo.models
 from zoo.errors import InvalidArgumentError, NotFoundError
 from zoo.models import create_model, get_spec, list_models, register_model
 from zoo.models.highway import HIGHWAY_GATE_BIAS, HighwayConv, HighwayLinear
@@ -25,6 +28,15 @@ def test_every_model_maps_images_to_logits(name: str, batch: int) -> None:
         logits = model(torch.rand(batch, 1, 28, 28))
     assert logits.shape == (batch, 10) and logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
+
+
+def test_names_manifest_is_the_registry() -> None:
+    """scripts/run.sh reads the names from this file so as not to import torch to serve."""
+    manifest = Path(zoo.models.__file__).with_name("NAMES")
+    assert manifest.read_text().splitlines() == NAMES, (
+        "zoo/models/NAMES is not the registry's names: "
+        "regenerate it with `zoo models --names > zoo/models/NAMES`"
+    )
 
 
 def test_every_family_is_registered() -> None:

@@ -10,7 +10,14 @@ import pytest
 
 from client.channel import Connection
 from client.load import LoadSettings, make_payloads, plan_loads
-from client.loadgen import GeneratorJob, arrival_times, closed_loop, open_loop, split_load
+from client.loadgen import (
+    TIMER_LEAD_S,
+    GeneratorJob,
+    arrival_times,
+    closed_loop,
+    open_loop,
+    split_load,
+)
 from client.protocol import ModelMetadata
 from client.report import format_table, write_plot
 from client.stats import Records, latency_summary, summarise
@@ -58,17 +65,35 @@ def test_closed_loop_keeps_concurrency_in_flight() -> None:
 
 
 def test_open_loop_does_not_wait_for_slow_replies() -> None:
-    sent: list[tuple[int, float, float]] = []
+    """No reply comes back before the last request has gone out, so a loop that waited for
+    one before sending the next would send one request and stall."""
+    schedule = list(np.arange(0.0, 0.2, 0.01))
+    lock, all_sent = threading.Lock(), threading.Event()
+    sent: list[tuple[int, float, float]] = []  # (request, due time, clock when sent)
+    pending_when_sent: list[int] = []  # requests still awaiting their reply at each send
+    replied = 0
     start = time.monotonic()
+    clock = lambda: time.monotonic() - start  # noqa: E731
 
     def send(n: int, due: float) -> None:
-        sent.append((n, due, time.monotonic() - start))
-        time.sleep(0.3)  # far slower than the 10 ms arrival gap
+        nonlocal replied
+        with lock:
+            sent.append((n, due, clock()))
+            pending_when_sent.append(len(sent) - 1 - replied)
+            if len(sent) == len(schedule):
+                all_sent.set()
+        # The bound only turns a loop that waits for replies into a failure, not a hang.
+        all_sent.wait(timeout=30)
+        with lock:
+            replied += 1
 
-    open_loop(send, iter(np.arange(0.0, 0.2, 0.01)), lambda: time.monotonic() - start)
-    assert sorted(n for n, _, _ in sent) == list(range(20))
-    lateness = np.array([at - due for _, due, at in sent])
-    assert lateness.max() < 0.05 and time.monotonic() - start < 0.6
+    open_loop(send, iter(schedule), clock)
+    assert all_sent.is_set() and replied == len(schedule)
+    assert sorted((n, due) for n, due, _ in sent) == list(enumerate(schedule))
+    # Every earlier request was still awaiting its reply whenever the next went out ...
+    assert pending_when_sent == list(range(len(schedule)))
+    # ... and none went out before its time: the schedule, not the replies, paced them.
+    assert all(at >= due - TIMER_LEAD_S for _, due, at in sent)
 
 
 def test_open_loop_caps_its_threads_and_the_wait_shows_as_lateness() -> None:

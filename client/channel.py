@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,14 @@ class RetryPolicy:
 
 NO_RETRIES = RetryPolicy(attempts=1)
 
+# HOST:PORT, optionally after one of grpc's schemes that name a host (dns:,
+# dns://AUTHORITY/, ipv4:, ipv6:), an IPv6 host in brackets. Checked here because grpc
+# itself wraps a port above 65535 to another port, and reports any malformed address only
+# at the first call, as UNAVAILABLE, as if the server were down.
+_ADDRESS = re.compile(r"(?:dns:(?://[^/]*/)?|ipv4:|ipv6:)?(\[[^\]]+\]|[^:/\[\]]+)(?::(.*))?")
+# Unix sockets have no port: they go to grpc as they are.
+_PORTLESS_SCHEMES = ("unix:", "unix-abstract:")
+
 
 def parse_targets(url: str | Sequence[str]) -> tuple[str, ...]:
     """`host:port`, a comma-separated list of them, or a sequence: the round-robin targets."""
@@ -51,7 +60,24 @@ def parse_targets(url: str | Sequence[str]) -> tuple[str, ...]:
     targets = tuple(p.strip().removeprefix("grpc://") for p in parts if p.strip())
     if not targets:
         raise InvalidArgumentError(f"expected a server address HOST:PORT, got {url!r}")
+    for target in targets:
+        _check_address(target)
     return targets
+
+
+def _check_address(target: str) -> None:
+    if target.startswith(_PORTLESS_SCHEMES):
+        return
+    match = _ADDRESS.fullmatch(target)
+    if match is None:
+        problem = "expected HOST:PORT (an IPv6 host in brackets: [::1]:8001)"
+    elif match[2] is None:
+        problem = "no port; expected HOST:PORT"
+    elif not (match[2].isascii() and match[2].isdigit() and 1 <= int(match[2]) <= 65535):
+        problem = f"the port must be a number from 1 to 65535, got {match[2]!r}"
+    else:
+        return
+    raise InvalidArgumentError(f"server address {target!r}: {problem}")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +17,9 @@ import pytest
 
 from client import AsyncZooClient, InferenceServerException, ZooClient
 from client.channel import RetryPolicy
+from zoo.errors import InvalidArgumentError
 
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
 
 
@@ -193,3 +198,39 @@ def test_model_control_refused_by_default(zoo: ZooClient) -> None:
     with pytest.raises(InferenceServerException, match="--allow-model-control"):
         zoo.unload_model(name)
     assert zoo.is_model_ready(name)
+
+
+def test_addresses_grpc_dials_are_taken(zoo_server) -> None:
+    port = zoo_server.address.rpartition(":")[2]
+    for url in (f"dns:///localhost:{port}", f"ipv4:127.0.0.1:{port}", f"grpc://127.0.0.1:{port}"):
+        with ZooClient(url, timeout=5.0) as client:
+            assert client.is_server_live(), url
+    # Nothing listens on IPv6 here: these are checked, not dialled (channels connect lazily).
+    with ZooClient("[::1]:8001, ipv6:[::1]:8001,unix:zoo.sock") as client:
+        assert client.connection.targets == ("[::1]:8001", "ipv6:[::1]:8001", "unix:zoo.sock")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        # grpc would dial port 34463 (99999 mod 65536).
+        ("127.0.0.1:99999", "'127.0.0.1:99999': the port must be a number from 1 to 65535"),
+        ("127.0.0.1:0", "got '0'"),
+        ("not_a_url:xx", "got 'xx'"),
+        ("localhost", "'localhost': no port; expected HOST:PORT"),
+        ("h1:8001,h2", "'h2': no port"),
+        ("::1:8001", "an IPv6 host in brackets"),
+    ],
+)
+def test_malformed_addresses_are_refused_before_any_call(url: str, problem: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=re.escape(problem)):
+        ZooClient(url)
+
+
+@pytest.mark.parametrize("url", ["not_a_url:xx", "127.0.0.1:99999", "localhost"])
+def test_a_malformed_url_is_a_usage_error(url: str) -> None:
+    # Exit 2 (the user's mistake), not 3 as if a server had failed.
+    command = [sys.executable, "-m", "zoo.cli", "infer", "--url", url, "--model", "m", "x.npy"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and f"server address {url!r}" in done.stderr

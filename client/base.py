@@ -11,9 +11,17 @@ from typing import Any, ClassVar
 import grpc
 
 from client import protocol
-from client.channel import DEFAULT_TIMEOUT_S, Connection, RetryPolicy, RoundRobin, parse_targets
+from client.channel import (
+    DEFAULT_TIMEOUT_S,
+    Connection,
+    RetryPolicy,
+    RoundRobin,
+    parse_targets,
+    read_pem,
+)
 from client.errors import RETRYABLE_CODES, InferenceServerException
 from proto import grpc_service_pb2_grpc as pb_grpc
+from zoo.errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +32,22 @@ def make_connection(
     timeout: float = DEFAULT_TIMEOUT_S,
     tls: bool = False,
     root_certificates: bytes | str | Path | None = None,
+    certificate_chain: bytes | str | Path | None = None,
+    private_key: bytes | str | Path | None = None,
     server_name: str | None = None,
     token: str | None = None,
     retry: RetryPolicy | None = None,
 ) -> Connection:
     """Validate the keyword options both clients take into one `Connection`."""
-    if isinstance(root_certificates, (str, Path)):
-        root_certificates = Path(root_certificates).read_bytes()
+    if (certificate_chain is None) != (private_key is None):
+        raise InvalidArgumentError("certificate_chain and private_key go together")
     return Connection(
         targets=parse_targets(url or ""),
         timeout_s=timeout,
         tls=tls,
-        root_certificates=root_certificates,
+        root_certificates=read_pem(root_certificates, "root_certificates", "CERTIFICATE"),
+        certificate_chain=read_pem(certificate_chain, "certificate_chain", "CERTIFICATE"),
+        private_key=read_pem(private_key, "private_key", "PRIVATE KEY"),
         server_name=server_name,
         token=token,
         retry=retry or RetryPolicy(),
@@ -47,8 +59,11 @@ class ClientBase:
 
     `url` is HOST:PORT, several comma-separated, or a sequence of them. `timeout` is every
     call's deadline in seconds; `tls` (with `root_certificates`, a PEM path or bytes, and
-    `server_name` to override the name checked) encrypts; `token` is sent as a bearer token;
-    `retry` governs the backoff for UNAVAILABLE. A prebuilt `connection` replaces them all.
+    `server_name` to override the name checked) encrypts; `certificate_chain` and
+    `private_key` (PEM paths or bytes, both or neither) are the certificate this client
+    presents to a server that demands one (mutual TLS; they imply `tls`); `token` is sent
+    as a bearer token; `retry` governs the backoff for UNAVAILABLE. A prebuilt
+    `connection` replaces them all.
     """
 
     _grpc: ClassVar[Any] = grpc  # grpc or grpc.aio: whose channels this client opens
@@ -60,6 +75,8 @@ class ClientBase:
         timeout: float = DEFAULT_TIMEOUT_S,
         tls: bool = False,
         root_certificates: bytes | str | Path | None = None,
+        certificate_chain: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
         server_name: str | None = None,
         token: str | None = None,
         retry: RetryPolicy | None = None,
@@ -67,6 +84,7 @@ class ClientBase:
     ) -> None:
         self.connection = connection or make_connection(
             url, timeout=timeout, tls=tls, root_certificates=root_certificates,
+            certificate_chain=certificate_chain, private_key=private_key,
             server_name=server_name, token=token, retry=retry,
         )  # fmt: skip
         self._channels = [self._open(target) for target in self.connection.targets]

@@ -8,6 +8,7 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -80,6 +81,26 @@ def _check_address(target: str) -> None:
     raise InvalidArgumentError(f"server address {target!r}: {problem}")
 
 
+def read_pem(source: bytes | str | Path | None, name: str, kind: str) -> bytes | None:
+    """The bytes of a PEM file (or PEM bytes as given), checked to hold a `kind` block
+    ("CERTIFICATE", "PRIVATE KEY"): a wrong or swapped file fails here, in one line naming
+    `name`, and not as an opaque handshake failure at the first call."""
+    if source is None:
+        return None
+    if isinstance(source, bytes):
+        data, label = source, name
+    else:
+        label = f"{name} {str(source)!r}"
+        try:
+            data = Path(source).read_bytes()
+        except OSError as error:
+            raise InvalidArgumentError(f"{label}: {error.strerror}") from None
+    # Keys come as "PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY".
+    if re.search(rb"-----BEGIN [A-Z0-9 ]*" + kind.encode() + rb"-----", data) is None:
+        raise InvalidArgumentError(f"{label}: not a PEM {kind.lower()}")
+    return data
+
+
 @dataclass(frozen=True)
 class Connection:
     """How to reach the servers; picklable, so load-generator processes can rebuild it."""
@@ -88,6 +109,9 @@ class Connection:
     timeout_s: float = DEFAULT_TIMEOUT_S
     tls: bool = False
     root_certificates: bytes | None = None
+    # Mutual TLS: the PEM certificate (chain) and private key this client presents.
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
     server_name: str | None = None  # the name the TLS certificate must carry, when not the host
     token: str | None = None
     retry: RetryPolicy = RetryPolicy()
@@ -97,9 +121,13 @@ class Connection:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     def credentials(self) -> grpc.ChannelCredentials | None:
-        if not self.tls and self.root_certificates is None:
+        if not self.tls and self.root_certificates is None and self.certificate_chain is None:
             return None
-        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
 
     def options(self) -> tuple[tuple[str, object], ...]:
         if self.server_name:

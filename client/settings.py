@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from client.base import make_connection
-from client.channel import DEFAULT_TIMEOUT_S, Connection, RetryPolicy
+from client.channel import DEFAULT_TIMEOUT_S, Connection, RetryPolicy, read_pem
 from zoo.errors import InvalidArgumentError
 from zoo.settings import ZooSettings
 
@@ -28,16 +28,25 @@ class ClientSettings(ZooSettings):
     server_name: str | None = Field(
         None, description="name the TLS certificate must carry, if not the host"
     )
+    tls_client_cert: Path | None = Field(
+        None,
+        description="PEM certificate to present to a server that demands one "
+        "(mutual TLS; needs --tls-client-key; implies TLS)",
+    )
+    tls_client_key: Path | None = Field(None, description="PEM private key of --tls-client-cert")
     token: str | None = Field(None, description="bearer token sent as 'authorization' metadata")
 
     def connection(self, retry: RetryPolicy | None = None) -> Connection:
-        if self.ca_cert is not None and not self.ca_cert.is_file():
-            raise InvalidArgumentError(f"--ca-cert {str(self.ca_cert)!r}: no such file")
+        # Read here rather than by make_connection, so that a wrong file is named by its flag.
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise InvalidArgumentError("--tls-client-cert and --tls-client-key go together")
         return make_connection(
             self.url,
             timeout=self.timeout,
             tls=self.tls or self.ca_cert is not None,
-            root_certificates=self.ca_cert,
+            root_certificates=read_pem(self.ca_cert, "--ca-cert", "CERTIFICATE"),
+            certificate_chain=read_pem(self.tls_client_cert, "--tls-client-cert", "CERTIFICATE"),
+            private_key=read_pem(self.tls_client_key, "--tls-client-key", "PRIVATE KEY"),
             server_name=self.server_name,
             token=self.token,
             retry=retry,

@@ -2,34 +2,39 @@
 
 The inference service, the standard grpc.health.v1.Health (the server as "" and each
 model by name) and server reflection, on one port, with TLS and a bearer token when asked
-for (server.security); Prometheus /metrics on another.
+for (server.security); Prometheus /metrics on another (over TLS too, when the gRPC port
+has it). At most `max_in_flight` RPCs run at once: grpc refuses the others with
+RESOURCE_EXHAUSTED before they take a thread or memory.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import ssl
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto import grpc_service_pb2, grpc_service_pb2_grpc
+from server import health
 from server.core import InferenceCore
+from server.metrics import MetricsServer
 from server.security import TokenAuthInterceptor, server_credentials
-from server.servicer import InferenceServicer
+from server.servicer import SERVICE, InferenceServicer, add_to_server
 from server.settings import ServeSettings
 from zoo.errors import FailedPreconditionError
 
 log = logging.getLogger(__name__)
 
-INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# How long past the grace period a stop waits for grpc before it gives up on it.
+STOP_MARGIN_S = 2.0
 
 
 class ZooServer:
@@ -37,7 +42,7 @@ class ZooServer:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.health = health.HealthServicer()
+        self.health = health.Health()
         self.core = InferenceCore(settings, on_change=self._model_changed)
         limit = settings.max_message_mb * 1024 * 1024
         token = settings.auth_token
@@ -52,16 +57,15 @@ class ZooServer:
                 ("grpc.so_reuseport", 0),
             ],
             interceptors=interceptors,
+            maximum_concurrent_rpcs=settings.max_in_flight,
         )
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.core), self.grpc
-        )
+        add_to_server(InferenceServicer(self.core), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
+            (SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
         self.port = self._bind(settings.host, settings.port)
-        self.metrics_port: int | None = None
+        self.metrics: MetricsServer | None = None
 
     def _bind(self, host: str, port: int) -> int:
         cert, key = self.settings.tls_cert, self.settings.tls_key
@@ -74,28 +78,63 @@ class ZooServer:
             raise FailedPreconditionError(f"cannot listen on {host}:{port} (in use?)") from None
 
     def _model_changed(self, name: str, ready: bool) -> None:
-        self.health.set(name, SERVING if ready else NOT_SERVING)
+        self.health.set(name, health.SERVING if ready else health.NOT_SERVING)
+
+    def _metrics_tls(self) -> ssl.SSLContext | None:
+        """The gRPC port's TLS settings, for the metrics port: one policy for both."""
+        cert, key, client_ca = (
+            self.settings.tls_cert,
+            self.settings.tls_key,
+            self.settings.tls_client_ca,
+        )
+        if cert is None or key is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        if client_ca is not None:
+            context.load_verify_locations(client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.server_port if self.metrics is not None else None
 
     def start(self) -> None:
-        self.core.start()
         if self.settings.metrics_port >= 0:
-            self.metrics_port = self.core.metrics.serve(
-                self.settings.host, self.settings.metrics_port
-            )
+            host, port = self.settings.host, self.settings.metrics_port
+            try:
+                self.metrics = self.core.metrics.serve(host, port, self._metrics_tls())
+            except OSError as error:
+                raise FailedPreconditionError(
+                    f"cannot serve metrics on {host}:{port} ({error.strerror}): "
+                    "pick another --metrics-port, or -1 for none"
+                ) from None
+        self.core.start()
+        if not self.core.manager.index():
+            log.warning("the repository %s holds no model folder", self.settings.repository)
         self.grpc.start()
-        for service in ("", INFERENCE_SERVICE):
-            self.health.set(service, SERVING)
+        for service in ("", SERVICE.full_name):
+            self.health.set(service, health.SERVING)
         # Modules, sessions and protos loaded so far live as long as the server: out of the
         # collector's sight, a full collection no longer walks them (10 ms here) while
         # every request waits.
         gc.freeze()
 
-    def stop(self, grace: float) -> None:
-        """Health NOT_SERVING, refuse new RPCs, give in-flight ones `grace` seconds."""
-        self.health.enter_graceful_shutdown()
+    def stop(self, grace: float) -> bool:
+        """Health NOT_SERVING (watches end), refuse new RPCs, give in-flight ones `grace`
+        seconds. False when grpc had not finished even STOP_MARGIN_S after that."""
+        self.health.shut_down()
         self.core.ready = False
-        self.grpc.stop(grace).wait()
+        # grpc's stop can wait for ever on a stream (a race in grpcio seen after streams
+        # whose messages failed to parse): bounded here, whatever the streams do.
+        stopped = self.grpc.stop(grace).wait(grace + STOP_MARGIN_S)
+        if not stopped:
+            log.warning("gRPC had not stopped %.1f s after the grace period", STOP_MARGIN_S)
+        if self.metrics is not None:
+            self.metrics.shutdown()
         self.core.stop()
+        return stopped
 
 
 def create_server(settings: ServeSettings) -> ZooServer:
@@ -121,6 +160,12 @@ def serve(settings: ServeSettings, on_ready: Callable[[ZooServer], None] = lambd
     on_ready(server)
     while not stopping.wait(1.0):
         pass
-    server.stop(settings.grace)
+    if not server.stop(settings.grace):
+        # A thread grpc left stuck in a handler would hold the interpreter's exit (its
+        # thread pool is joined then): leave without it, having said so.
+        log.warning("stopped; exiting without waiting for gRPC's threads")
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     log.info("stopped")
     return 0

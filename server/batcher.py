@@ -2,12 +2,12 @@
 
 A request that arrives while fewer than `instances` session calls run (Triton's
 instance_group count) runs at once, on its own thread: no hand-off to a scheduler and
-no waiting (the Python gRPC stack is the bottleneck at batch 1, see ../shared/FACTS.md). Requests
-that arrive while all instances are busy queue; when a call ends, its runner hands the
-lead to the oldest queued request, whose thread takes as many queued requests as fit in
-`max_batch_size`, waits up to `max_queue_delay` for a preferred batch size, and runs
-them as one session call. So batches form exactly when the model is busy, the only
-time they help.
+no waiting (at batch 1 the Python gRPC stack, ~0.4 ms a request, outweighs a ~0.05 ms
+model). Requests that arrive while all instances are busy queue; when a call ends, its
+runner hands the lead to the oldest queued request, whose thread takes as many queued
+requests as fit in `max_batch_size`, waits up to `max_queue_delay` for a preferred batch
+size, and runs them as one session call. So batches form exactly when the model is
+busy, the only time they help.
 
 Past `max_queue_size` queued requests a request gets RESOURCE_EXHAUSTED; one whose
 deadline passes while queued is dropped, not computed; a cancelled one leaves the queue.

@@ -7,8 +7,10 @@ layer maps to a status in its one table.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from google.protobuf import json_format
 
 import zoo
 from proto.grpc_service_pb2 import (
@@ -18,6 +20,7 @@ from proto.grpc_service_pb2 import (
     ModelInferRequest,
     ModelInferResponse,
     ModelMetadataResponse,
+    ModelRepositoryParameter,
     ModelStatistics,
     ModelStatisticsResponse,
     RepositoryIndexResponse,
@@ -32,7 +35,7 @@ from server.model import LoadedModel
 from server.runtime import create_session, resolve_providers, session_options
 from server.settings import ServeSettings
 from server.stats import Duration
-from zoo.errors import FailedPreconditionError, ZooError
+from zoo.errors import FailedPreconditionError, InvalidArgumentError, ZooError
 from zoo.repository import model_file
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,33 @@ def _statistics(model: LoadedModel) -> ModelStatistics:
         )
 
 
+def _config_override(
+    name: str, parameters: Mapping[str, ModelRepositoryParameter]
+) -> ModelConfig | None:
+    """The "config" parameter of a load request (Triton's JSON model configuration)."""
+    unknown = sorted(set(parameters) - {"config"})
+    if unknown:
+        # Triton's "file:<path>" parameters carry model files in the request; we load
+        # files only from the repository, so they are refused rather than ignored.
+        raise InvalidArgumentError(
+            f"unsupported load parameters {[p[:100] for p in unknown[:5]]}: only 'config' "
+            "(a JSON model configuration) is; put model files in the repository"
+        )
+    if "config" not in parameters:
+        return None
+    text = parameters["config"].string_param
+    try:
+        config = json_format.Parse(text, ModelConfig())
+    except json_format.ParseError as error:
+        raise InvalidArgumentError(
+            f"load parameter 'config': expected a JSON model configuration: {error}"
+        ) from None
+    if config.name and config.name != name:
+        raise InvalidArgumentError(f"load parameter 'config' names {config.name!r}, not {name!r}")
+    config.name = name
+    return config
+
+
 class InferenceCore:
     def __init__(
         self,
@@ -102,7 +132,13 @@ class InferenceCore:
             require_gpu=self.settings.device == "cuda",
         )
         return LoadedModel(
-            model_dir, version, config, session, self.metrics, self.settings.instances
+            model_dir,
+            version,
+            config,
+            session,
+            self.metrics,
+            self.settings.instances,
+            self.settings.max_queue_size,
         )
 
     def start(self) -> None:
@@ -160,9 +196,10 @@ class InferenceCore:
                 "model control is off: start the server with --allow-model-control"
             )
 
-    def load(self, name: str) -> None:
+    def load(self, name: str, parameters: Mapping[str, ModelRepositoryParameter]) -> None:
+        """Load or reload `name`; a "config" parameter (JSON) replaces its config.pbtxt."""
         self._check_model_control()
-        self.manager.load(name)
+        self.manager.load(name, _config_override(name, parameters))
 
     def unload(self, name: str) -> None:
         self._check_model_control()

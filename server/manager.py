@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from proto.model_config_pb2 import ModelConfig
@@ -91,6 +91,8 @@ class ModelManager:
         self._on_change = on_change
         self._entries: dict[str, _Entry] = {}
         self._unloaded: set[str] = set()  # unloaded on request: polling leaves them alone
+        # Configs given with a load request: they replace config.pbtxt until the next load.
+        self._overrides: dict[str, ModelConfig] = {}
         self._sync_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -144,8 +146,9 @@ class ModelManager:
         with self._sync_lock:
             self._sync(name)
 
-    def load(self, name: str) -> None:
-        """Load or reload `name` on request; raise with the reason when it cannot be served."""
+    def load(self, name: str, config: ModelConfig | None = None) -> None:
+        """Load or reload `name` on request (with `config` instead of its config.pbtxt);
+        raise with the reason when it cannot be served."""
         if not name or name != Path(name).name or name.startswith("."):
             # A request must not reach outside the repository ("../elsewhere").
             raise InvalidArgumentError(f"model name {name!r} is not a repository folder name")
@@ -153,7 +156,11 @@ class ModelManager:
             raise NotFoundError(f"no model {name!r} in the repository")
         with self._sync_lock:
             self._unloaded.discard(name)
-            self._sync(name, retry_failed=True)
+            if config is None:
+                self._overrides.pop(name, None)
+            else:
+                self._overrides[name] = config
+            self._sync(name, reload=True)
             entry = self._entries[name]
         if not entry.versions:
             raise FailedPreconditionError(f"model {name!r} failed to load: {entry.reason()}")
@@ -166,11 +173,9 @@ class ModelManager:
             self._publish(name, _Entry(states={"": VersionState(UNAVAILABLE, "unloaded")}))
         log.info("unloaded %s", name)
 
-    def _sync(self, name: str, retry_failed: bool = False) -> None:
+    def _sync(self, name: str, reload: bool = False) -> None:
         model_dir = self.repository / name
         old = self._entries.get(name, _Entry())
-        if retry_failed:
-            old = replace(old, failed={})
         if not model_dir.is_dir():
             if old.versions:
                 log.info("%s removed from the repository: unloading", name)
@@ -178,7 +183,7 @@ class ModelManager:
             return
         try:
             self._inside_repository(model_dir, model_dir / CONFIG_FILENAME)
-            config = read_model_config(model_dir)
+            config = self._overrides.get(name) or read_model_config(model_dir)
             policy = config.version_policy if config.HasField("version_policy") else None
             wanted = list_versions(model_dir, policy)
             if not wanted:
@@ -191,19 +196,20 @@ class ModelManager:
             states[""] = VersionState(UNAVAILABLE, reason)
             self._publish(name, _Entry(old.versions, old.stamps, states))
             return
-        self._publish(name, self._load_versions(model_dir, config, wanted, old))
+        self._publish(name, self._load_versions(model_dir, config, wanted, old, reload))
 
     def _load_versions(
-        self, model_dir: Path, config: ModelConfig, wanted: list[int], old: _Entry
+        self, model_dir: Path, config: ModelConfig, wanted: list[int], old: _Entry, reload: bool
     ) -> _Entry:
+        """Load each wanted version whose files changed (every one when `reload`)."""
         versions, stamps, states, failed = {}, {}, {}, {}
         for version in wanted:
             stamp = _stamp(model_dir, version, config)
-            if old.stamps.get(version) == stamp:
+            if not reload and old.stamps.get(version) == stamp:
                 versions[version], stamps[version] = old.versions[version], stamp
                 states[str(version)] = VersionState(READY)
                 continue
-            if old.failed.get(version) == stamp:  # failed and unchanged: not retried each poll
+            if not reload and old.failed.get(version) == stamp:  # not retried each poll
                 failed[version], states[str(version)] = stamp, old.states[str(version)]
                 if version in old.versions:
                     versions[version], stamps[version] = old.versions[version], old.stamps[version]

@@ -1,10 +1,22 @@
 """Prometheus metrics: requests by model, version and status; latency, queue time and
 batch size histograms; requests in flight. Each server owns its registry, so that
-several servers (tests) can live in one process."""
+several servers (tests) can live in one process.
+
+The /metrics endpoint has its own small HTTP server: prometheus_client's starts a
+thread for every connection, without a cap or a timeout, inside the inference process."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import logging
+import socket
+import ssl
+import threading
+from http.server import ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, MetricsHandler
+
+log = logging.getLogger(__name__)
 
 # Seconds: 50 µs (an idle MLP) to 2.5 s (a deep queue).
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.5)
@@ -49,10 +61,12 @@ class ServerMetrics:
     def for_model(self, name: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, name, version)
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve /metrics over HTTP on a daemon thread; returns the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return server.server_port
+    def serve(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> MetricsServer:
+        """Serve /metrics (over TLS with `tls`) on a daemon thread."""
+        handler = type("Handler", (MetricsHandler,), {"registry": self.registry, "timeout": 5.0})
+        server = MetricsServer((host, port), handler, tls)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        return server
 
 
 class ModelMetrics:
@@ -69,3 +83,43 @@ class ModelMetrics:
 
     def failed(self, status: str) -> None:
         self._metrics.requests.labels(*self._labels, status).inc()
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """At most MAX_CONNECTIONS scrapes at once (more are closed unanswered), each given
+    `timeout` seconds by its handler: half-open connections cannot pile up threads."""
+
+    MAX_CONNECTIONS = 8
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[MetricsHandler], tls: ssl.SSLContext | None
+    ) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+        self._tls = tls
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            if self._tls is not None:  # the handshake runs here, not in the accepting loop
+                request.settimeout(5.0)
+                try:
+                    request = self._tls.wrap_socket(request, server_side=True)
+                except (OSError, ssl.SSLError):
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback to stderr for each broken connection.
+        log.debug("metrics request from %s failed", client_address, exc_info=True)

@@ -138,6 +138,7 @@ class LoadedModel:
         session: ort.InferenceSession,
         metrics: ServerMetrics,
         instances: int = 1,
+        max_queue_size: int = 0,
     ) -> None:
         inputs, outputs = _checked_specs(config, session)
         self.name = config.name
@@ -152,11 +153,11 @@ class LoadedModel:
         self.metrics = metrics.for_model(self.name, self.version)
         # Triton's instance_group count: how many session calls may run at once.
         instances = sum(g.count for g in config.instance_group) or instances
-        self.batcher = self._batcher(config, instances)
+        self.batcher = self._batcher(config, instances, max_queue_size)
         self.config_reply = self._config_reply(config, _card_json(model_dir, session))
         self.metadata_reply = self.metadata_for([self.version])
 
-    def _batcher(self, config: ModelConfig, instances: int) -> DynamicBatcher:
+    def _batcher(self, config: ModelConfig, instances: int, max_queue_size: int) -> DynamicBatcher:
         batching = config.dynamic_batching
         return DynamicBatcher(
             self._run,
@@ -164,7 +165,7 @@ class LoadedModel:
             batching=config.HasField("dynamic_batching"),
             preferred_batch_sizes=tuple(batching.preferred_batch_size),
             max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
-            max_queue_size=batching.default_queue_policy.max_queue_size,
+            max_queue_size=batching.default_queue_policy.max_queue_size or max_queue_size,
             instances=instances,
             on_execution=self._executed,
         )

@@ -49,9 +49,17 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
             return handler
-        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization")
-        if sent is None:
+        sent = [
+            v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"
+        ]
+        if not sent:
             return _refusal(handler, "missing metadata 'authorization: Bearer <token>'")
+        if len(sent) > 1:
+            # Which copy a proxy or a later check would read is anyone's guess: refuse.
+            return _refusal(
+                handler, f"expected one 'authorization' metadata entry, got {len(sent)}"
+            )
+        (sent,) = sent
         # As in HTTP, the scheme's case and the spaces around the value do not matter
         # (perf_analyzer's -H "authorization: Bearer T" sends " Bearer T").
         scheme, _, token = sent.strip().partition(" ")

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from proto import grpc_service_pb2 as pb
 from proto.grpc_service_pb2_grpc import GRPCInferenceServiceServicer
 from server.core import InferenceCore
-from zoo.errors import ZooError
+from zoo.errors import InvalidArgumentError, ZooError
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +38,110 @@ STATUS: dict[str, grpc.StatusCode] = {
 }
 
 R = TypeVar("R")
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# An error message quotes what the client sent (names, versions): capped, so that a
+# 100 kB name cannot make the reply's trailing metadata exceed what grpc will carry.
+MAX_MESSAGE_CHARS = 1000
 
 
 def status_of(error: ZooError) -> grpc.StatusCode:
     return STATUS.get(error.code, grpc.StatusCode.UNKNOWN)
 
 
+class _ClientMistakeLog:
+    """One log line per client mistake, at most one a second; the rest are counted."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self._interval = interval_s
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._skipped = 0
+
+    def __call__(self, method: str, status: grpc.StatusCode, message: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._skipped += 1
+                return
+            self._next, skipped, self._skipped = now + self._interval, self._skipped, 0
+        more = f" (and {skipped} more since the last such line)" if skipped else ""
+        log.info("%s: %s: %s%s", method, status.name, message[:200], more)
+
+
+_client_mistake = _ClientMistakeLog()
+
+
 def failure(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     """A ZooError's status and message; anything else is our bug: INTERNAL, logged."""
     if isinstance(error, ZooError):
-        return status_of(error), str(error)
+        status, message = status_of(error), str(error)
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}... ({len(message):,} characters)"
+        _client_mistake(method, status, message)
+        return status, message
     log.error("%s failed", method, exc_info=error)
     return grpc.StatusCode.INTERNAL, f"{method}: internal server error"
+
+
+@dataclass(frozen=True)
+class Unparseable:
+    """What a request that is not a valid protobuf message deserializes to."""
+
+    message_type: str
+    error: str
+
+    def refusal(self) -> InvalidArgumentError:
+        return InvalidArgumentError(
+            f"cannot parse the request as {self.message_type}: {self.error}"
+        )
+
+
+def _tolerant(message_type: type[Message]) -> Callable[[bytes], Message | Unparseable]:
+    # grpc answers a deserializer's exception with INTERNAL ("Exception deserializing
+    # request!") and a logged traceback; a client's garbage is INVALID_ARGUMENT, so the
+    # deserializer never raises and the handler refuses the marker.
+    def parse(data: bytes) -> Message | Unparseable:
+        try:
+            return message_type.FromString(data)
+        except (DecodeError, RuntimeWarning, ValueError) as error:
+            return Unparseable(message_type.DESCRIPTOR.full_name, str(error) or "invalid bytes")
+
+    return parse
 
 
 def _translated(method: Callable[..., R]) -> Callable[..., R]:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
         try:
+            if isinstance(request, Unparseable):
+                raise request.refusal()
             return method(self, request, context)
         except Exception as error:
             context.abort(*failure(error, method.__name__))
 
     return wrapper
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
+    """Register `servicer` as the generated code would, but with deserializers that never
+    raise (see _tolerant)."""
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {
+        m.name: kinds[(m.client_streaming, m.server_streaming)](
+            getattr(servicer, m.name),
+            request_deserializer=_tolerant(getattr(pb, m.input_type.name)),
+            response_serializer=getattr(pb, m.output_type.name).SerializeToString,
+        )
+        for m in SERVICE.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
 
 
 class _StreamCall:
@@ -126,13 +211,15 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         call = _StreamCall(context)
         for request in requests:
             try:
+                if isinstance(request, Unparseable):
+                    raise request.refusal()
                 yield pb.ModelStreamInferResponse(infer_response=self._core.infer(request, call))
             except Exception as error:
-                reply = pb.ModelInferResponse(
-                    model_name=request.model_name,
-                    model_version=request.model_version,
-                    id=request.id,
-                )
+                reply = pb.ModelInferResponse()
+                if not isinstance(request, Unparseable):
+                    reply.model_name = request.model_name[:MAX_MESSAGE_CHARS]
+                    reply.model_version = request.model_version[:MAX_MESSAGE_CHARS]
+                    reply.id = request.id[:MAX_MESSAGE_CHARS]
                 _, message = failure(error, "ModelStreamInfer")
                 yield pb.ModelStreamInferResponse(error_message=message, infer_response=reply)
 
@@ -152,7 +239,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        self._core.load(request.model_name)
+        self._core.load(request.model_name, request.parameters)
         return pb.RepositoryModelLoadResponse()
 
     @_translated

@@ -39,6 +39,21 @@ class ServeSettings(ZooSettings):
         "config.pbtxt sets instance_group count",
     )
     workers: int = Field(64, ge=1, description="gRPC worker threads (requests in flight at once)")
+    # Admission before queueing: past these bounds a request is refused at once with
+    # RESOURCE_EXHAUSTED, so that under overload admitted requests keep a bounded
+    # latency and memory stays flat, instead of every request waiting ever longer.
+    max_in_flight: int = Field(
+        128,
+        ge=1,
+        description="RPCs in progress at once (streams and health watches included); "
+        "more are refused with RESOURCE_EXHAUSTED",
+    )
+    max_queue_size: int = Field(
+        64,
+        ge=1,
+        description="requests one model version may queue while its session calls are busy, "
+        "unless its config.pbtxt sets dynamic_batching.default_queue_policy.max_queue_size",
+    )
     poll_interval: float = Field(
         0.0, ge=0, description="seconds between repository rescans; 0 scans only at start"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -317,3 +318,147 @@ def test_a_stream_cancelled_while_its_request_is_queued_computes_nothing_more(
     (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="tiny_slow")).model_stats
     assert [b.batch_size for b in stats.batch_stats] == [SLOW_BATCH]
     assert "Traceback" not in server.log()
+
+
+def _thread_count(server) -> int:
+    return len(list(Path(f"/proc/{server.process.pid}/task").iterdir()))
+
+
+def test_garbage_bytes_are_invalid_argument_unary_and_in_streams(
+    start_zoo_server, tiny_repository: Path, request_for, random_images
+) -> None:
+    server = start_zoo_server(tiny_repository)
+    channel = grpc.insecure_channel(server.address)
+    for method in ("ModelInfer", "ModelMetadata", "RepositoryIndex"):
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"\xff\xff\xff", timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot parse the request as inference." in caught.value.details()
+    stream = channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        response_deserializer=pb.ModelStreamInferResponse.FromString,
+    )
+    good = request_for("tiny_mlp", random_images(2)).SerializeToString()
+    first, second = list(stream(iter([b"\xff\xff\xff", good]), timeout=10))
+    assert "cannot parse the request" in first.error_message
+    assert not second.error_message and len(second.infer_response.outputs) == 2
+    assert "Traceback" not in server.log()
+
+
+def test_a_huge_name_is_not_found_with_a_short_message(
+    start_zoo_server, tiny_repository: Path, request_for, random_images
+) -> None:
+    stub = _stub(start_zoo_server(tiny_repository).address)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request_for("x" * 100_000, random_images(1)), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(caught.value.details()) < 2000 and "characters)" in caught.value.details()
+
+
+def test_client_mistakes_log_at_most_a_line_a_second(
+    start_zoo_server, tiny_repository: Path, request_for, random_images
+) -> None:
+    server = start_zoo_server(tiny_repository)
+    stub = _stub(server.address)
+    started = time.monotonic()
+    for _ in range(300):
+        assert _code(lambda: stub.ModelInfer(request_for("nope", random_images(1)))) == (
+            grpc.StatusCode.NOT_FOUND
+        )
+    seconds = time.monotonic() - started
+    assert server.stop() == 0
+    lines = [ln for ln in server.log().splitlines() if "ModelInfer: NOT_FOUND" in ln]
+    assert 1 <= len(lines) <= seconds + 2
+
+
+def test_past_max_in_flight_rpcs_are_refused_at_once(
+    start_zoo_server, slow_repository: Path, request_for, random_images
+) -> None:
+    server = start_zoo_server(slow_repository, "--max-in-flight", "2")
+    stub = _stub(server.address)
+    with ThreadPoolExecutor(2) as pool:
+        busy = [
+            pool.submit(stub.ModelInfer, request_for("tiny_slow", random_images(SLOW_BATCH)))
+            for _ in range(2)
+        ]
+        _wait_for(lambda: _in_flight(server) == 2)
+        refused = _code(lambda: stub.ModelInfer(request_for("tiny_slow", random_images(1))))
+        assert [len(f.result().outputs) for f in busy] == [2, 2]
+    assert refused == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _code(lambda: stub.ModelInfer(request_for("tiny_slow", random_images(1)))) == (
+        grpc.StatusCode.OK
+    )
+
+
+def test_a_health_watch_ends_at_sigterm_and_the_server_exits_0(
+    start_zoo_server, tiny_repository: Path
+) -> None:
+    server = start_zoo_server(tiny_repository, "--grace", "600")
+    channel = grpc.insecure_channel(server.address)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    server.process.send_signal(signal.SIGTERM)
+    # The stream ends by itself with OK: it does not hold the stop for the grace period.
+    assert [r.status for r in watch] == [health_pb2.HealthCheckResponse.NOT_SERVING]
+    assert watch.code() == grpc.StatusCode.OK
+    assert server.process.wait(60) == 0
+
+
+def test_model_control_takes_a_json_config_and_refuses_file_parameters(
+    start_zoo_server, tiny_repository: Path, request_for, random_images
+) -> None:
+    stub = _stub(start_zoo_server(tiny_repository, "--allow-model-control").address)
+
+    def load(**parameters: pb.ModelRepositoryParameter) -> grpc.StatusCode:
+        request = pb.RepositoryModelLoadRequest(model_name="tiny_mlp", parameters=parameters)
+        return _code(lambda: stub.RepositoryModelLoad(request))
+
+    def max_batch_size() -> int:
+        return stub.ModelConfig(pb.ModelConfigRequest(name="tiny_mlp")).config.max_batch_size
+
+    bad = {
+        "config": pb.ModelRepositoryParameter(string_param="{not json"),
+        "file:1/model.onnx": pb.ModelRepositoryParameter(bytes_param=b"onnx"),
+    }
+    for name, parameter in bad.items():
+        assert load(**{name: parameter}) == grpc.StatusCode.INVALID_ARGUMENT
+    assert load(config=pb.ModelRepositoryParameter(string_param='{"max_batch_size": 4}')) == (
+        grpc.StatusCode.OK
+    )
+    assert max_batch_size() == 4
+    eight = request_for("tiny_mlp", random_images(8))
+    assert _code(lambda: stub.ModelInfer(eight)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert load() == grpc.StatusCode.OK  # a plain load goes back to config.pbtxt
+    assert max_batch_size() == 64 and _code(lambda: stub.ModelInfer(eight)) == grpc.StatusCode.OK
+
+
+def test_idle_connections_to_the_metrics_port_take_a_bounded_number_of_threads(
+    start_zoo_server, tiny_repository: Path
+) -> None:
+    server = start_zoo_server(tiny_repository)
+    before = _thread_count(server)
+    idle = [socket.create_connection(("127.0.0.1", server.metrics_port)) for _ in range(100)]
+    try:
+        # Each connection is accepted (and then held or closed) by the server's loop.
+        _wait_for(lambda: _thread_count(server) >= before + 1)
+        assert _thread_count(server) <= before + 8
+    finally:
+        for connection in idle:
+            connection.close()
+    _wait_for(lambda: _in_flight(server) == 0)  # scrapes are answered again
+
+
+def test_a_taken_metrics_port_is_one_line(zoo_server, tmp_path: Path) -> None:
+    taken = _serve(
+        "--repository", str(tmp_path), "--host", "127.0.0.1", "--port", "0",
+        "--metrics-port", str(zoo_server.metrics_port),
+    )  # fmt: skip
+    assert taken.returncode == 2 and "Traceback" not in taken.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{zoo_server.metrics_port}" in taken.stderr
+
+
+def test_an_empty_repository_is_warned_of(start_zoo_server, tmp_path: Path) -> None:
+    server = start_zoo_server(tmp_path)
+    assert server.stop() == 0
+    assert "holds no model folder" in server.log()

@@ -18,7 +18,7 @@ from proto import grpc_service_pb2 as pb
 from proto.model_config_pb2 import ModelConfig
 from server.core import InferenceCore
 from server.settings import ServeSettings
-from zoo.errors import InvalidArgumentError, NotFoundError
+from zoo.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from zoo.repository import read_model_config, write_model_config
 
 
@@ -198,5 +198,5 @@ def test_files_leading_outside_the_repository_are_refused(repository: Path, tmp_
     assert "expected a file name inside the version folder" in index[("tiny_cnn", "")].reason
     assert "tiny_mlp/1/model.onnx leads outside" in index[("tiny_mlp", "1")].reason
     assert core.manager.loaded() == []
-    with pytest.raises(Exception, match="leads outside the model repository"):
-        core.load("linked")
+    with pytest.raises(FailedPreconditionError, match="leads outside the model repository"):
+        core.load("linked", {})

@@ -8,8 +8,11 @@ import datetime
 import ipaddress
 import json
 import pickle
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -340,3 +343,29 @@ def test_serve_refuses_bad_security_flags(tiny_repository: Path, tls_files, flag
     done = zoo("serve", "--repository", str(tiny_repository), "--port", "0", *flags)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and message in done.stderr
+
+
+def test_two_authorization_headers_are_refused(secure_server, tls_files) -> None:
+    credentials = grpc.ssl_channel_credentials(tls_files[0].read_bytes())
+    with grpc.secure_channel(secure_server.address, credentials) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        request = pb.ModelMetadataRequest(name="tiny_mlp")
+        good = ("authorization", f"Bearer {TOKEN}")
+        assert stub.ModelMetadata(request, metadata=(good,), timeout=5).name == "tiny_mlp"
+        for headers in ((("authorization", "Bearer wrong"), good), (good, good)):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelMetadata(request, metadata=headers, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "expected one 'authorization' metadata entry, got 2" in caught.value.details()
+
+
+def test_the_metrics_port_demands_the_same_client_certificate(
+    mtls_server, tls_files, client_certs: Path
+) -> None:
+    url = f"https://127.0.0.1:{mtls_server.metrics_port}/metrics"
+    trusting = ssl.create_default_context(cafile=tls_files[0])
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(url, context=trusting, timeout=10).read()
+    trusting.load_cert_chain(client_certs / "client.pem", client_certs / "client.key")
+    with urllib.request.urlopen(url, context=trusting, timeout=10) as reply:
+        assert b"zoo_inference_requests" in reply.read()

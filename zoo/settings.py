@@ -1,22 +1,22 @@
 """Typed process settings whose fields become CLI flags.
 
 Each process (train, export, serve, load) has one `pydantic-settings` class with the
-env prefix `ZOO_`. `add_settings_arguments` turns its fields into argparse flags
-(`batch_size` -> `--batch-size`, help from the field's description), and
-`settings_from_args` builds the settings from the flags that were given, so precedence
-is: flag, then environment variable, then the field's default.
+env prefix `ZOO_`. `add_settings_arguments` hands its fields to pydantic-settings' own
+command-line source, which adds them to the process's argparse parser (`batch_size` ->
+`--batch-size`, a bool as `--x/--no-x`, a list as `1,8,32`, help with the field's
+description, default and environment variable), and `settings_from_args` builds the
+settings from the flags that were given, so precedence is: flag, then environment
+variable, then the field's default. A value the settings refuse is one line naming its
+flag (`format_validation_error`), not argparse's usage text.
 """
 
 from __future__ import annotations
 
 import argparse
-import types
-import typing
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 import pydantic
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
 
 from zoo.errors import InvalidArgumentError
 
@@ -26,50 +26,22 @@ S = TypeVar("S", bound=BaseSettings)
 class ZooSettings(BaseSettings):
     """Base of every process's settings: env prefix `ZOO_`, unknown variables ignored."""
 
-    model_config = SettingsConfigDict(env_prefix="ZOO_", extra="ignore", frozen=True)
-
-
-def _unwrap_optional(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
-
-
-def _flag_options(annotation: Any) -> dict[str, Any]:
-    annotation = _unwrap_optional(annotation)
-    origin = typing.get_origin(annotation)
-    if annotation is bool:
-        return {"action": argparse.BooleanOptionalAction}
-    if origin is Literal:
-        return {"choices": [str(c) for c in typing.get_args(annotation)], "type": str}
-    if origin in (list, tuple):
-        # Comma-separated on the command line: --sweep 1,8,32
-        return {"type": lambda s: [p.strip() for p in s.split(",") if p.strip()]}
-    if annotation in (int, float, str, Path):
-        return {"type": annotation}
-    return {"type": str}
+    model_config = SettingsConfigDict(
+        env_prefix="ZOO_",
+        extra="ignore",
+        frozen=True,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,  # --x/--no-x, as argparse's BooleanOptionalAction
+        cli_hide_none_type=True,  # `--out Path`, not `--out {Path,null}`
+        cli_show_env_vars=True,
+    )
 
 
 def add_settings_arguments(
-    parser: argparse.ArgumentParser, settings_cls: type[BaseSettings], *, skip: tuple[str, ...] = ()
+    parser: argparse.ArgumentParser, settings_cls: type[BaseSettings]
 ) -> None:
     """Add one `--flag` per settings field; defaults stay with the settings class."""
-    for name, field in settings_cls.model_fields.items():
-        if name in skip:
-            continue
-        default = field.get_default(call_default_factory=True)
-        help_text = field.description or ""
-        if default is not None and default is not pydantic.fields.PydanticUndefined:
-            help_text += f" (default: {default}; env ZOO_{name.upper()})"
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=argparse.SUPPRESS,
-            help=help_text,
-            **_flag_options(field.annotation),
-        )
+    CliSettingsSource(settings_cls, root_parser=parser)
 
 
 def format_validation_error(error: pydantic.ValidationError) -> str:
@@ -84,11 +56,12 @@ def format_validation_error(error: pydantic.ValidationError) -> str:
     return f"{flag}: {message}{got_text}"
 
 
-def settings_from_args(settings_cls: type[S], args: argparse.Namespace, **extra: Any) -> S:
-    """Build settings from the given flags (plus `extra`), env vars and defaults."""
-    given = {k: v for k, v in vars(args).items() if k in settings_cls.model_fields}
-    given.update(extra)
+def settings_from_args(settings_cls: type[S], args: argparse.Namespace) -> S:
+    """Build settings from the given flags, env vars and defaults."""
     try:
-        return settings_cls(**given)
+        # The namespace holds only the flags that were given (the source adds them
+        # suppressed), so an unset flag leaves its environment variable in force.
+        cli = CliSettingsSource(settings_cls)(parsed_args=args)
+        return settings_cls(_cli_settings_source=cli)
     except pydantic.ValidationError as error:
         raise InvalidArgumentError(format_validation_error(error)) from None

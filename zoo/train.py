@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from pydantic_settings import CliPositionalArg
 from torch import nn
 from tqdm import tqdm
 
@@ -48,7 +49,7 @@ EVAL_BATCH = 1000
 class TrainSettings(ZooSettings):
     """Settings of `zoo train`; unset hyperparameters come from the model's recipe."""
 
-    model: str
+    model: CliPositionalArg[str] = Field(description="registered model name (see `zoo models`)")
     epochs: int | None = Field(None, ge=1, description="epochs (default: the model's recipe)")
     lr: float | None = Field(None, gt=0, description="peak learning rate")
     batch_size: int | None = Field(None, ge=1, description="batch size")
@@ -298,10 +299,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="zoo train", description="Train a registered model on MNIST."
     )
-    parser.add_argument("model", help="registered model name (see `zoo models`)")
-    add_settings_arguments(parser, TrainSettings, skip=("model",))
-    args = parser.parse_args(argv)
-    settings = settings_from_args(TrainSettings, args, model=args.model)
+    add_settings_arguments(parser, TrainSettings)
+    settings = settings_from_args(TrainSettings, parser.parse_args(argv))
     get_spec(settings.model)  # unknown names fail before any data is loaded
     _, card, out = train(settings, shlex.join(["zoo", "train", *argv]))
     accuracy = card.metrics["test_accuracy"].value

@@ -110,6 +110,7 @@ def test_models_json_lists_every_registered_model() -> None:
     [
         (("train", "resnte"), "unknown model 'resnte'; did you mean resnet"),
         (("train", "bn_cnn", "--lr", "-0.1"), "--lr: Input should be greater than 0"),
+        (("train", "bn_cnn", "--epochs", "x"), "--epochs: Input should be a valid integer"),
         (("evaluate", "/nonexistent/model.pt"), "checkpoint /nonexistent/model.pt does not exist"),
         (("nonsense",), "unknown command 'nonsense'"),
     ],

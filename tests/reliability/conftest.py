@@ -913,6 +913,12 @@ def fault_seen(address: str, model: str, fault: str, served: str, config: bytes)
 # -- fixtures ----------------------------------------------------------------------------
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test that takes `fault` runs once per repository fault, named as in FAULTS.
+    if "fault" in metafunc.fixturenames:
+        metafunc.parametrize("fault", list(FAULTS))
+
+
 @pytest.fixture(scope="session")
 def reliability_repository(tmp_path_factory: pytest.TempPathFactory, export_model) -> Path:
     """tiny_mlp, tiny_cnn and tiny_slow (one session call at a time, no queue limit of its

@@ -63,11 +63,15 @@ def _x(value: float, size: int = 1) -> dict[str, np.ndarray]:
     return {"x": np.full((size, 3), value, np.float32)}
 
 
-def _wait_queued(batcher: DynamicBatcher, count: int) -> None:
-    deadline = time.monotonic() + 5
-    while len(batcher._queue) < count:
-        assert time.monotonic() < deadline, "requests never queued"
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
         time.sleep(0.001)
+
+
+def _wait_queued(batcher: DynamicBatcher, count: int) -> None:
+    _wait_until(lambda: len(batcher._queue) >= count)
 
 
 def test_an_idle_model_runs_the_request_at_once_on_the_callers_thread() -> None:
@@ -170,14 +174,16 @@ def test_a_failed_session_call_fails_its_batch_and_the_batcher_goes_on() -> None
 
 def test_the_leader_waits_for_a_preferred_size_only_when_requests_are_queueing() -> None:
     run = Recorder()
-    batcher = _batcher(run, preferred_batch_sizes=(4,), max_queue_delay_s=0.5)
+    # A long delay: the leader stops waiting as soon as the preferred size is reached, so
+    # the delay only keeps a busy machine's stalls from ending the wait early.
+    batcher = _batcher(run, preferred_batch_sizes=(4,), max_queue_delay_s=30)
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(batcher.submit, _x(0), 1)
         run.entered.wait(5)
         early = [pool.submit(batcher.submit, _x(1), 1) for _ in range(2)]
         _wait_queued(batcher, 2)
         run.release.set()
-        time.sleep(0.1)  # the new leader holds 2 and waits for a preferred size of 4
+        _wait_until(lambda: batcher._gathering)  # the new leader holds 2 and waits for 4
         late = [pool.submit(batcher.submit, _x(2), 1) for _ in range(2)]
         for f in [first, *early, *late]:
             f.result(5)

@@ -11,7 +11,7 @@ of its last three stable windows, so its window is a third of our measured durat
 Each pair runs `--repeats` times and the medians are compared, because the shared machine's
 load changes by tens of percent within a minute. Prints a table and writes JSON: requests/s,
 images/s, p50, p90 and p99 per tool (medians, and every run), and ours/perf_analyzer's.
-The aim (issue 5) is agreement within 15%.
+The aim is agreement within 15%.
 
 `--server-cpus 0 --client-cpus 1` pins the server to some CPUs and both tools to others,
 so that neither tool's own CPU is taken from the server (perf_analyzer's documentation
@@ -47,7 +47,7 @@ from client.sync import ZooClient  # noqa: E402
 
 log = logging.getLogger("bench.loadtest_vs_perf_analyzer")
 
-AGREEMENT = 0.15  # issue 5: within 15% of perf_analyzer
+AGREEMENT = 0.15  # the aim: within 15% of perf_analyzer
 COMPARED = ("throughput_rps", "p50_ms", "p90_ms", "p99_ms")
 SERVER_START_TIMEOUT_S = 60.0
 # perf_analyzer measures until three windows agree within this many percent; the default

@@ -1,4 +1,4 @@
-"""Serving benchmark (issue 4, item 9): our server against a no-op gRPC server and
+"""Serving benchmark: our server against a no-op gRPC server and
 in-process onnxruntime, per model, under the same load, in one run.
 
     python bench/serve.py [--repository model_repository] [--models a,b] [--seconds 2]

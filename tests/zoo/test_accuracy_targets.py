@@ -1,4 +1,4 @@
-"""The accuracy targets of issue 2, each reached by the model's documented default command.
+"""The accuracy targets of the zoo, each reached by the model's documented default command.
 
 Slow (minutes to a quarter hour per model on 2 cores): run with `bash scripts/test.sh -m slow`.
 """

@@ -50,7 +50,7 @@ class ModelSpec:
     config: ModelConfig
     recipe: TrainRecipe
     description: str
-    # MNIST test accuracy its default recipe must reach (issue 2), None for baselines.
+    # MNIST test accuracy its default recipe must reach, None for baselines.
     target_accuracy: float | None = None
 
     def build(self, **overrides: Any) -> nn.Module:

@@ -47,21 +47,23 @@ def test_fixed_arrivals_are_even_and_poisson_ones_have_the_rate() -> None:
 
 
 def test_closed_loop_keeps_concurrency_in_flight() -> None:
-    lock, in_flight, peak, sent = threading.Lock(), 0, 0, []
+    """Every send waits until four are in flight at once: a loop that kept fewer would
+    never complete a round (the barrier breaks after 30 s and the test fails)."""
+    rounds, sent = 0, []
+
+    def next_round() -> None:  # run once per round, while all four sends wait
+        nonlocal rounds
+        rounds += 1
+
+    barrier = threading.Barrier(4, action=next_round)
 
     def send(n: int, due: float) -> None:
-        nonlocal in_flight, peak
-        with lock:
-            in_flight += 1
-            peak = max(peak, in_flight)
-            sent.append(n)
-        time.sleep(0.01)
-        with lock:
-            in_flight -= 1
+        sent.append(n)
+        barrier.wait(timeout=30)
 
-    start = time.monotonic()
-    closed_loop(send, 4, 0.2, lambda: time.monotonic() - start)
-    assert peak == 4 and len(sent) >= 40 and len(set(sent)) == len(sent)
+    # The clock counts rounds: every sender sees the same value after each round.
+    closed_loop(send, 4, 10, lambda: rounds)
+    assert rounds == 10 and sorted(sent) == list(range(40))
 
 
 def test_open_loop_does_not_wait_for_slow_replies() -> None:

@@ -735,6 +735,10 @@ class Load:
             except grpc.RpcError as error:
                 code, version = error.code().name, ""
             replies.append(Reply(start, time.monotonic(), code, version))
+            if code != OK:
+                # A refusal comes back at once: without a pause a thread would spin on a
+                # server that is down or stopping, taking the CPU from everything else.
+                self._stop.wait(0.01)
 
     def __enter__(self) -> Load:
         for thread in self._threads:

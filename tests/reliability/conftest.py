@@ -32,6 +32,8 @@ import onnxruntime as ort
 import pytest
 from google.protobuf.message import DecodeError
 
+from client import ZooClient
+from client.errors import InferenceServerException
 from client.protocol import build_infer_request
 from proto import grpc_service_pb2 as pb
 from proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -824,6 +826,26 @@ def reference_outputs(model_dir: Path, version: int, images: np.ndarray) -> dict
     return dict(zip(names, session.run(names, {INPUT: images}), strict=True))
 
 
+def exact_problems(
+    address: str, model_dir: Path, *, version: int = 1, batch: int = 2, seed: int = 0
+) -> list[str]:
+    """A valid request through our client, against in-process onnxruntime on that version's
+    file: [] when the reply is whole and equal, else what is wrong (the error, if refused)."""
+    images = _images(np.random.default_rng(seed), batch)
+    try:
+        with ZooClient(address) as client:
+            got = client.infer_raw(model_dir.name, {INPUT: images}, timeout=CALL_TIMEOUT_S)
+    except InferenceServerException as error:
+        return [str(error)]
+    return [
+        f"{name}: shape {list(got[name].shape)}, expected {list(value.shape)}"
+        if got[name].shape != value.shape
+        else f"{name}: max |diff| {np.abs(got[name] - value).max():.3g}"
+        for name, value in reference_outputs(model_dir, version, images).items()
+        if got[name].shape != value.shape or not np.allclose(got[name], value, atol=1e-5)
+    ]
+
+
 # -- repository faults -------------------------------------------------------------------
 # Each takes a model folder, damages it as an operator (or a failing disk) might, and
 # returns the function that undoes it. Replacements are staged beside and renamed into
@@ -1018,6 +1040,11 @@ def repository_index() -> Callable[[str], dict[tuple[str, str], tuple[str, str]]
 @pytest.fixture(scope="session")
 def reference() -> Callable[[Path, int, np.ndarray], dict[str, np.ndarray]]:
     return reference_outputs
+
+
+@pytest.fixture(scope="session")
+def exactly() -> Callable[..., list[str]]:
+    return exact_problems
 
 
 @pytest.fixture(scope="session")

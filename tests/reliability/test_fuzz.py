@@ -13,7 +13,6 @@ import grpc
 import numpy as np
 import pytest
 
-from client import ZooClient
 from client.protocol import build_infer_request, decode_outputs
 from proto import grpc_service_pb2 as pb
 
@@ -38,19 +37,6 @@ def _listing(title: str, outcomes: list) -> str:
     return f"{title}: {len(outcomes)} ({counts})\n{examples}"
 
 
-def _exact(address: str, repository: Path, reference, model: str = "tiny_mlp") -> list[str]:
-    """A valid request through our client, against in-process onnxruntime: [] if equal."""
-    images = np.random.default_rng(7).random((3, 1, 28, 28), dtype=np.float32)
-    with ZooClient(address) as client:
-        got = client.infer_raw(model, {"images": images}, timeout=30)
-    want = reference(repository / model, 1, images)
-    return [
-        f"{name}: max |diff| {np.abs(got[name] - value).max():.3g}"
-        for name, value in want.items()
-        if got[name].shape != value.shape or not np.allclose(got[name], value, atol=1e-5)
-    ]
-
-
 def test_the_generator_is_seeded_and_covers_every_kind_datatype_and_odd_version(
     fuzz_cases, fuzz_target
 ) -> None:
@@ -71,7 +57,7 @@ def test_the_generator_is_seeded_and_covers_every_kind_datatype_and_odd_version(
 
 
 def test_fuzzed_model_infer_gets_only_its_codes_and_leaves_the_server_exact_and_flat(
-    start_zoo_server, tiny_repository: Path, fuzz_target, fuzz_cases, send_unary, rss, reference
+    start_zoo_server, tiny_repository: Path, fuzz_target, fuzz_cases, send_unary, rss, exactly
 ) -> None:
     server = start_zoo_server(tiny_repository)
     with grpc.insecure_channel(server.address) as channel:
@@ -87,7 +73,7 @@ def test_fuzzed_model_infer_gets_only_its_codes_and_leaves_the_server_exact_and_
     unexpected = [o for o in outcomes if o.code not in o.allowed and not o.forbidden]
     if unexpected:
         failures.append(_listing("another code than the contract's", unexpected))
-    if wrong := _exact(server.address, tiny_repository, reference):
+    if wrong := exactly(server.address, tiny_repository / "tiny_mlp"):
         failures.append(f"a valid request afterwards is not exact: {wrong}")
     if after > before * (1 + RSS_GROWTH):
         failures.append(f"server RSS grew {before / 1024:.1f} -> {after / 1024:.1f} MB")
@@ -101,7 +87,7 @@ def test_fuzzed_stream_messages_each_get_a_reply_and_the_stream_serves_on(
     fuzz_cases,
     send_stream,
     stream_failures,
-    reference,
+    exactly,
 ) -> None:
     server = start_zoo_server(tiny_repository)
     with grpc.insecure_channel(server.address) as channel:
@@ -109,7 +95,7 @@ def test_fuzzed_stream_messages_each_get_a_reply_and_the_stream_serves_on(
     failures = [f"stream: {p}" for p in broken]
     if bad := stream_failures(outcomes):
         failures.append(_listing("stream replies against the contract", bad))
-    if wrong := _exact(server.address, tiny_repository, reference):
+    if wrong := exactly(server.address, tiny_repository / "tiny_mlp"):
         failures.append(f"a valid request afterwards is not exact: {wrong}")
     assert not failures, "\n\n".join(failures)
 

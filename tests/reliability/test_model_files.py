@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from client.protocol import build_infer_request, decode_outputs
 from proto import grpc_service_pb2 as pb
 from proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from zoo.repository import config_for_card, read_card, write_model_config
@@ -20,26 +19,6 @@ from zoo.repository import config_for_card, read_card, write_model_config
 DAMAGED, OTHER = "tiny_mlp", "tiny_cnn"
 # Replies after the server showed it saw the fault: many polls' worth under load.
 REPLIES_AFTER = 20
-
-
-def _exact_answer(address: str, model_dir: Path, reference, batch: int = 2) -> list[str]:
-    """One request for `batch` images: [] when the reply is whole and equals onnxruntime's."""
-    images = np.random.default_rng(batch).random((batch, 1, 28, 28), dtype=np.float32)
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = GRPCInferenceServiceStub(channel).ModelInfer(
-                build_infer_request(model_dir.name, {"images": images}), timeout=30
-            )
-        except grpc.RpcError as error:
-            return [f"{error.code().name}: {error.details()}"]
-    got, want = decode_outputs(reply), reference(model_dir, 1, images)
-    return [
-        f"{name}: shape {list(got[name].shape)}, expected {list(value.shape)}"
-        if got[name].shape != value.shape
-        else f"{name}: max |diff| {np.abs(got[name] - value).max():.3g}"
-        for name, value in want.items()
-        if got[name].shape != value.shape or not np.allclose(got[name], value, atol=1e-5)
-    ]
 
 
 def test_a_damaged_model_never_fails_the_others_and_its_last_good_version_serves_on(
@@ -52,7 +31,7 @@ def test_a_damaged_model_never_fails_the_others_and_its_last_good_version_serves
     request_bytes,
     repository_index,
     until,
-    reference,
+    exactly,
 ) -> None:
     model_dir = repository_copy / DAMAGED
     server = start_zoo_server(repository_copy, "--poll-interval", "0.2")
@@ -73,7 +52,7 @@ def test_a_damaged_model_never_fails_the_others_and_its_last_good_version_serves
     load.wait_for_more(REPLIES_AFTER)
     states = repository_index(server.address)
     restore()
-    until(lambda: not _exact_answer(server.address, model_dir, reference), what="recovery")
+    until(lambda: not exactly(server.address, model_dir), what="recovery")
     load.stop()
 
     failures = []
@@ -101,12 +80,12 @@ def test_a_damaged_model_never_fails_the_others_and_its_last_good_version_serves
 
 
 def test_a_model_without_a_batch_dimension_answers_whole_tensors_or_refuses(
-    start_zoo_server, repository_copy: Path, reference
+    start_zoo_server, repository_copy: Path, exactly
 ) -> None:
     """max_batch_size 0: the first dimension is the model's own, not a batch to split."""
     model_dir = repository_copy / DAMAGED
     write_model_config(model_dir, config_for_card(read_card(model_dir), max_batch_size=0))
     server = start_zoo_server(repository_copy)
-    assert _exact_answer(server.address, model_dir, reference, batch=1) == []
-    wrong = _exact_answer(server.address, model_dir, reference, batch=4)
+    assert exactly(server.address, model_dir, batch=1) == []
+    wrong = exactly(server.address, model_dir, batch=4)
     assert wrong == [] or all(w.startswith("INVALID_ARGUMENT") for w in wrong), wrong

@@ -7,13 +7,13 @@ model expects and what arrived, as an InvalidArgumentError.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from proto.grpc_service_pb2 import ModelInferRequest, ModelInferResponse
+from proto.grpc_service_pb2 import InferParameter, ModelInferRequest, ModelInferResponse
 from zoo.datatypes import DATATYPES
 from zoo.errors import InvalidArgumentError
 
@@ -35,6 +35,40 @@ class TensorSpec:
         """The dims after a variable first one when all are fixed: the fast shape check."""
         rest = self.shape[1:]
         return rest if self.shape[:1] == (-1,) and -1 not in rest else None
+
+
+# Triton's parameters with a fixed type: a value of another type is a client's mistake.
+# (Parameters not listed here are ignored, as Triton ignores ones it does not know.)
+_INTEGER = frozenset({"int64_param", "uint64_param"})
+_BOOL = frozenset({"bool_param"})
+REQUEST_PARAMETERS = {
+    "priority": _INTEGER,
+    "timeout": _INTEGER,
+    "sequence_id": _INTEGER | {"string_param"},
+    "sequence_start": _BOOL,
+    "sequence_end": _BOOL,
+    "binary_data_output": _BOOL,
+}
+INPUT_PARAMETERS = {
+    "binary_data_size": _INTEGER,
+    "shared_memory_region": frozenset({"string_param"}),
+    "shared_memory_byte_size": _INTEGER,
+    "shared_memory_offset": _INTEGER,
+}
+OUTPUT_PARAMETERS = {"classification": _INTEGER, "binary_data": _BOOL, **INPUT_PARAMETERS}
+
+
+def check_parameters(parameters: Mapping[str, InferParameter], known: dict, where: str) -> None:
+    for key, value in parameters.items():
+        allowed = known.get(key)
+        if allowed is None:
+            continue
+        kind = value.WhichOneof("parameter_choice")
+        if kind not in allowed:
+            raise InvalidArgumentError(
+                f"{where} parameter {key!r}: expected {' or '.join(sorted(allowed))}, "
+                f"got {kind or 'no value'}"
+            )
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...], max_batch_size: int) -> None:
@@ -94,6 +128,8 @@ def decode_inputs(
     request: ModelInferRequest, specs: dict[str, TensorSpec], max_batch_size: int
 ) -> tuple[dict[str, np.ndarray], int]:
     """The request's inputs as arrays, checked against the model; and the batch size."""
+    if request.parameters:
+        check_parameters(request.parameters, REQUEST_PARAMETERS, "request")
     raw = _raw_contents(request)
     arrays: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
@@ -102,6 +138,8 @@ def decode_inputs(
             raise InvalidArgumentError(
                 f"unknown input {tensor.name!r}: the model's inputs are {sorted(specs)}"
             )
+        if tensor.parameters:
+            check_parameters(tensor.parameters, INPUT_PARAMETERS, f"input {spec.name!r}")
         if spec.name in arrays:
             raise InvalidArgumentError(f"input {spec.name!r} given twice; send each input once")
         if tensor.datatype != spec.datatype:
@@ -128,6 +166,9 @@ def requested_outputs(request: ModelInferRequest, outputs: dict[str, int]) -> li
     """Indices (into the model's outputs) of the outputs to return, in the requested order."""
     if not request.outputs:
         return list(outputs.values())
+    for o in request.outputs:
+        if o.parameters:
+            check_parameters(o.parameters, OUTPUT_PARAMETERS, f"output {o.name!r}")
     try:
         return [outputs[o.name] for o in request.outputs]
     except KeyError as error:

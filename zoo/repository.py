@@ -155,10 +155,12 @@ def list_models(repository: Path) -> list[str]:
 
 
 def is_version_name(name: str) -> bool:
-    """A version folder's name, as Triton reads them: a positive decimal, no leading 0.
+    """A version folder's name, as Triton reads them: a positive decimal, no leading 0,
+    that fits Triton's int64.
 
-    ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
-    return name.isascii() and name.isdigit() and not name.startswith("0")
+    ASCII digits only: str.isdigit() also accepts "²", which int() refuses; and int()
+    refuses more than 4,300 digits."""
+    return len(name) <= 18 and name.isascii() and name.isdigit() and not name.startswith("0")
 
 
 def version_folders(model_dir: Path) -> list[int]:

@@ -104,3 +104,18 @@ def test_a_model_folder_without_versions_is_reported(repository: Path) -> None:
     assert entry.version == "" and "no version folder" in entry.reason
     with pytest.raises(NotFoundError):
         core.model_metadata("tiny_cnn", "7")
+
+
+def test_parameters_of_a_known_name_must_have_its_type() -> None:
+    specs = {"x": TensorSpec("x", "FP32", (-1, 2))}
+    request = _request(x=("FP32", np.zeros((1, 2), "<f4")))
+    request.parameters["priority"].int64_param = 1
+    request.parameters["whatever"].string_param = "ignored"
+    decode_inputs(request, specs, 8)
+    request.parameters["timeout"].string_param = "1s"
+    with pytest.raises(InvalidArgumentError, match="request parameter 'timeout': expected"):
+        decode_inputs(request, specs, 8)
+    del request.parameters["timeout"]
+    request.inputs[0].parameters["binary_data_size"].bool_param = True
+    with pytest.raises(InvalidArgumentError, match="input 'x' parameter 'binary_data_size'"):
+        decode_inputs(request, specs, 8)

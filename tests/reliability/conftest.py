@@ -47,7 +47,7 @@ MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 INPUT, IMAGE, CLASSES = "images", (1, 28, 28), 10
 IMAGE_BYTES = 4 * 28 * 28
 OK, INVALID, NOT_FOUND = "OK", "INVALID_ARGUMENT", "NOT_FOUND"
-RESOURCE_EXHAUSTED, UNAVAILABLE = "RESOURCE_EXHAUSTED", "UNAVAILABLE"
+UNAVAILABLE = "UNAVAILABLE"
 # Never the answer to a client's mistake; DEADLINE_EXCEEDED on our generous deadlines is a hang.
 SERVER_FAULTS = frozenset({"INTERNAL", "UNKNOWN"})
 HANG = "DEADLINE_EXCEEDED"

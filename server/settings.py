@@ -42,8 +42,10 @@ class ServeSettings(ZooSettings):
     # Admission before queueing: past these bounds a request is refused at once with
     # RESOURCE_EXHAUSTED, so that under overload admitted requests keep a bounded
     # latency and memory stays flat, instead of every request waiting ever longer.
+    # As many as there are worker threads: an RPC admitted beyond them would only wait
+    # for a thread, adding to the latency of every admitted request under overload.
     max_in_flight: int = Field(
-        128,
+        64,
         ge=1,
         description="RPCs in progress at once (streams and health watches included); "
         "more are refused with RESOURCE_EXHAUSTED",

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("zoo.commands:models_main", "list registered models (or served ones with --url)"),
     "train": ("zoo.train:main", "train a registered model on MNIST"),
     "evaluate": ("zoo.train:evaluate_main", "MNIST test accuracy of a checkpoint"),
+    "experiment": ("zoo.experiments.cli:main", "run a lecture claim as a measured experiment"),
     "export": ("zoo.export.cli:main", "fold BatchNorm, export to ONNX, verify, write a repository"),
     "serve": ("server.cli:main", "serve a model repository over gRPC (KServe v2 / Triton)"),
     "infer": ("client.cli:infer_main", "classify images with a served model"),

@@ -59,6 +59,13 @@ class ModelExecutionError(ZooError):
     code = "INTERNAL"
 
 
+class DivergedError(ZooError):
+    """Training's loss became NaN or infinite."""
+
+    code = "FAILED_PRECONDITION"
+    exit_code = 1
+
+
 class ExportError(ZooError):
     """An export could not be made exact (an unfoldable BatchNorm, a failed verification)."""
 

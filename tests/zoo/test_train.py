@@ -13,8 +13,9 @@ import torch
 
 from zoo.checkpoint import load_checkpoint, save_checkpoint
 from zoo.errors import CheckpointError
+from zoo.fit import random_shift
 from zoo.models import list_models
-from zoo.train import TrainSettings, random_shift, train
+from zoo.train import TrainSettings, train
 
 # The unpacked MNIST test images 0..999 (fixed), enough to tell a trained net from chance.
 SMALL_TEST = 1000

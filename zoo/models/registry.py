@@ -36,6 +36,7 @@ class TrainRecipe(BaseModel):
     batch_size: int = Field(128, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD's (Nesterov when above 0)")
     schedule: Literal["constant", "onecycle", "cosine"] = "onecycle"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment_shift: int = Field(0, ge=0, description="random translation in pixels (0: none)")

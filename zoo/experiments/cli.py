@@ -1,0 +1,72 @@
+"""`zoo experiment NAME [--quick] [--seeds N] [--out DIR] [--device ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from pydantic_settings import CliPositionalArg
+
+from zoo.experiments import EXPERIMENTS, get_experiment
+from zoo.experiments.base import RESULTS_FILENAME, Context, record, resolve_device, write_json
+from zoo.settings import ZooSettings, add_settings_arguments, settings_from_args
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = Path("runs/experiments")
+
+
+class ExperimentSettings(ZooSettings):
+    name: CliPositionalArg[str] = Field(description=f"experiment: {', '.join(EXPERIMENTS)}")
+    quick: bool = Field(False, description="shrink steps and sizes to about a minute (for CI)")
+    seeds: int | None = Field(None, ge=1, description="seeds per cell (default: the experiment's)")
+    out: Path | None = Field(None, description="output folder (default: runs/experiments/NAME)")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="torch device")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
+    progress: bool = Field(True, description="show progress bars")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="zoo experiment",
+        description="Run one of the lecture's claims as a measured experiment on MNIST.",
+    )
+    add_settings_arguments(parser, ExperimentSettings)
+    settings = settings_from_args(ExperimentSettings, parser.parse_args(argv))
+    module = get_experiment(settings.name)  # an unknown name fails before any work
+    config = module.make_config(quick=settings.quick, seeds=settings.seeds)
+    device = resolve_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    out = settings.out or RUNS_DIR / settings.name
+    context = Context(
+        out, device=device, progress=settings.progress, config_key=config.model_dump_json()
+    )
+    started = time.perf_counter()
+    results = module.run(config, context)
+    figures = module.plot(results, config, out)
+    command = shlex.join(["zoo", "experiment", *argv])
+    write_json(
+        out / RESULTS_FILENAME,
+        record(
+            settings.name,
+            module,
+            config,
+            results,
+            figures,
+            command=command,
+            quick=settings.quick,
+            device=device,
+            wall_time_s=time.perf_counter() - started,
+        ),
+    )
+    print(f"zoo experiment {settings.name}: {out / RESULTS_FILENAME}, {len(figures)} figures")
+    for line in module.verdicts(results):
+        print(f"  {line}")
+    return 0

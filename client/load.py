@@ -48,7 +48,7 @@ LAG_WARNING_MS = 1.0
 
 class LoadSettings(ClientSettings):
     model: str = Field(description="the served model to load-test")
-    version: str | None = Field(None, description="model version (default: the server's choice)")
+    version: str | None = Field(None, description="model version (unset: the server's choice)")
     concurrency: int | None = Field(None, ge=1, description="closed loop: requests kept in flight")
     rate: float | None = Field(None, gt=0, description="open loop: requests sent per second")
     poisson: bool = Field(
@@ -60,7 +60,7 @@ class LoadSettings(ClientSettings):
     processes: int | None = Field(
         None,
         ge=1,
-        description="generator processes (default: 1 per 64 in flight or 2,500 req/s, <= CPUs)",
+        description="generator processes (unset: 1 per 64 in flight or 2,500 req/s, <= CPUs)",
     )
     input: Literal["mnist", "zeros", "random"] = Field("random", description="request payload")
     sweep: list[float] | None = Field(

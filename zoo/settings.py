@@ -34,6 +34,8 @@ class ZooSettings(BaseSettings):
         cli_implicit_flags=True,  # --x/--no-x, as argparse's BooleanOptionalAction
         cli_hide_none_type=True,  # `--out Path`, not `--out {Path,null}`
         cli_show_env_vars=True,
+        # An optional flag left out reads "(default: unset)"; pydantic-settings says "null".
+        cli_parse_none_str="unset",
     )
 
 

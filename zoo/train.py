@@ -44,14 +44,14 @@ class TrainSettings(ZooSettings):
     """Settings of `zoo train`; unset hyperparameters come from the model's recipe."""
 
     model: CliPositionalArg[str] = Field(description="registered model name (see `zoo models`)")
-    epochs: int | None = Field(None, ge=1, description="epochs (default: the model's recipe)")
+    epochs: int | None = Field(None, ge=1, description="epochs (unset: the model's recipe)")
     lr: float | None = Field(None, gt=0, description="peak learning rate")
     batch_size: int | None = Field(None, ge=1, description="batch size")
     weight_decay: float | None = Field(None, ge=0, description="weight decay")
     augment_shift: int | None = Field(None, ge=0, description="random translation in pixels")
     seed: int = Field(0, description="seed of initialisation, shuffling and augmentation")
-    out: Path | None = Field(None, description="output folder (default: runs/<model>)")
-    threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
+    out: Path | None = Field(None, description="output folder (unset: runs/<model>)")
+    threads: int | None = Field(None, ge=1, description="torch threads (unset: all cores)")
     limit_train: int | None = Field(
         None, ge=1, description="train on the first N training images only"
     )

@@ -25,10 +25,10 @@ RUNS_DIR = Path("runs/experiments")
 class ExperimentSettings(ZooSettings):
     name: CliPositionalArg[str] = Field(description=f"experiment: {', '.join(EXPERIMENTS)}")
     quick: bool = Field(False, description="shrink steps and sizes to about a minute (for CI)")
-    seeds: int | None = Field(None, ge=1, description="seeds per cell (default: the experiment's)")
-    out: Path | None = Field(None, description="output folder (default: runs/experiments/NAME)")
+    seeds: int | None = Field(None, ge=1, description="seeds per cell (unset: the experiment's)")
+    out: Path | None = Field(None, description="output folder (unset: runs/experiments/NAME)")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="torch device")
-    threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
+    threads: int | None = Field(None, ge=1, description="torch threads (unset: all cores)")
     progress: bool = Field(True, description="show progress bars")
 
 

@@ -65,7 +65,7 @@ class ExportSettings(ZooSettings):
         description="where --all (or a model without --checkpoint) finds <model>/model.pt",
     )
     verify_images: int | None = Field(
-        None, ge=1, description="verify on the first N MNIST test images (default: all 10,000)"
+        None, ge=1, description="verify on the first N MNIST test images (unset: all 10,000)"
     )
     max_batch_size: int = Field(128, ge=1, description="config.pbtxt max_batch_size")
     preferred_batch_sizes: tuple[int, ...] = Field(

@@ -1,0 +1,624 @@
+"""Highway networks: depth sweep against plain nets, the trained gates, and lesioning.
+
+Srivastava, Greff & Schmidhuber (2015) train plain and highway nets of 10 to 100
+layers on MNIST at a matched parameter budget per layer (Sec. 3.1, Fig. 1), then look
+inside the best 50-layer highway net: its transform-gate biases and outputs, per
+example and per class (Sec. 4, Fig. 2 and 3), and what each layer is worth, by forcing
+its transform gate shut so that it only copies its input (Sec. 4, Fig. 4).
+
+Three parts, one sweep of cells (`{family}-d{depth}-s{seed}`):
+  (a) plain and highway nets at each depth, one fixed SGD recipe, best training loss;
+  (b) the gates of the trained 50-layer highway net (computed inside its cell, since
+      the trained weights are not kept);
+  (c) the training-subset error of that net with each highway layer lesioned.
+
+Scaled down against the paper: one recipe instead of a 100-run random search per depth
+and family, a few thousand SGD steps instead of hundreds of epochs, two seeds, and
+the training loss measured on a fixed 10,000-image subset of the training set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from zoo.experiments.base import Context
+from zoo.experiments.callbacks import EvalEvery, LossEvery
+from zoo.fit import evaluate, fit
+from zoo.models import TrainRecipe
+from zoo.models.batchnorm import MLP, MLPConfig
+from zoo.models.highway import HighwayMLP, HighwayMLPConfig
+from zoo.models.layers import count_params
+
+log = logging.getLogger(__name__)
+
+CLAIM = (
+    "Highway networks stay trainable as depth grows to 100 layers where plain nets "
+    "degrade; their gates route data-dependently and the net uses only the layers it needs."
+)
+SOURCE = (
+    "Srivastava, Greff & Schmidhuber 2015, Training Very Deep Networks (NIPS 2015; "
+    "extends Highway Networks, arXiv 1505.00387), Sec. 3.1 (optimisation depth sweep on "
+    "MNIST, Fig. 1) and Sec. 4 (analysis of the gates, Fig. 2-3; lesioning, Fig. 4)"
+)
+
+Family = Literal["plain", "highway"]
+FAMILIES: tuple[Family, ...] = ("plain", "highway")
+COLOURS = {"plain": "tab:red", "highway": "tab:blue"}
+LESION_PP = 1.0  # a lesion "barely matters" when it raises the error by under 1 point
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seeds: int = Field(2, ge=1)
+    # Sec. 3.1: a plain first layer, then 9/19/49/99 plain or highway layers.
+    depths: tuple[int, ...] = (10, 20, 50, 100)
+    # Sec. 3.1: 71 plain units or 50 highway units per layer, ~5,000 weights per layer
+    # either way (71*71+71 = 5,112; 2*(50*50+50) = 5,100).
+    plain_width: int = 71
+    highway_width: int = 50
+    gate_bias: float = -2.0  # the transform-gate bias at initialisation
+    # One recipe for every depth and both families (the paper tunes each by random
+    # search): SGD with (Nesterov) momentum as in the paper, a cosine decay in place of
+    # its exponential one, and a step budget of a few epochs.
+    lr: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 128
+    steps: int = 3000
+    loss_every: int = 50  # training-curve resolution (mean loss of the last 50 steps)
+    eval_every: int = 500  # full pass over the training subset, for the best loss
+    subset: int = 10_000  # fixed training images for the loss, gates and lesions
+    analysis_depth: int = 50  # the net of Sec. 4
+    early_layers: int = 15  # paper: routing and lesion sensitivity in the first ~15
+    classes: tuple[int, int] = (0, 7)  # the digits of the paper's Fig. 3
+    examples_per_digit: int = 3  # the layers x examples picture
+
+    def recipe(self) -> TrainRecipe:
+        return TrainRecipe(
+            optimizer="sgd",
+            lr=self.lr,
+            momentum=self.momentum,
+            batch_size=self.batch_size,
+            schedule="cosine",
+        )
+
+
+def make_config(quick: bool, seeds: int | None) -> Config:
+    if quick:
+        config = Config(
+            seeds=1,
+            depths=(5, 10),
+            steps=200,
+            loss_every=20,
+            eval_every=50,
+            subset=2000,
+            analysis_depth=10,
+            early_layers=4,
+        )
+    else:
+        config = Config()
+    return config.model_copy(update={"seeds": seeds}) if seeds else config
+
+
+# --- the nets -------------------------------------------------------------------------
+
+
+def build(family: Family, depth: int, config: Config) -> nn.Module:
+    """A `depth`-layer net: a plain first layer, then depth-1 plain or highway layers.
+
+    He-normal weights and zero biases for every linear layer of both families (the
+    standard initialisation for ReLU nets; it gives the deep plain nets their best
+    chance), then the transform-gate biases at `config.gate_bias`. The caller seeds.
+    """
+    if family == "plain":
+        model: nn.Module = MLP(
+            MLPConfig(hidden=(config.plain_width,) * depth, activation="relu", norm="none")
+        )
+    else:
+        model = HighwayMLP(
+            HighwayMLPConfig(
+                depth=depth - 1, width=config.highway_width, gate_bias=config.gate_bias
+            )
+        )
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    if isinstance(model, HighwayMLP):
+        for layer in model.layers:
+            nn.init.constant_(layer.gate.bias, config.gate_bias)
+    return model
+
+
+def hidden_layer_params(family: Family, config: Config) -> int:
+    """Parameters of one hidden layer after the first (the budget the paper matches)."""
+    if family == "plain":
+        return config.plain_width * (config.plain_width + 1)
+    return 2 * config.highway_width * (config.highway_width + 1)
+
+
+@torch.no_grad()
+def gate_outputs(model: HighwayMLP, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Every highway layer's transform-gate output T(x) on `x`: [N, layers, units]."""
+    model.eval()
+    seen: list[torch.Tensor] = []
+    handles = [
+        layer.gate.register_forward_hook(lambda m, i, out: seen.append(torch.sigmoid(out)))
+        for layer in model.layers
+    ]
+    rows = []
+    try:
+        for start in range(0, len(x), batch):
+            seen.clear()
+            model(x[start : start + batch])
+            rows.append(torch.stack(seen, dim=1))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat(rows)
+
+
+@contextmanager
+def lesioned(model: HighwayMLP, index: int) -> Iterator[None]:
+    """Highway layer `index` (0-based among the highway layers) with its transform gate
+    forced to 0: sigmoid(-inf) is exactly 0, so y = 0*H(x) + 1*x = x, the layer copies
+    its input (paper, Sec. 4, Fig. 4)."""
+    handle = model.layers[index].gate.register_forward_hook(
+        lambda m, i, out: torch.full_like(out, -math.inf)
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def lesion_errors(model: HighwayMLP, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Error on (x, y) of the intact net and with each highway layer lesioned in turn."""
+    intact = 1 - evaluate(model, x, y)[0]
+    errors = []
+    for index in range(len(model.layers)):
+        with lesioned(model, index):
+            errors.append(round(1 - evaluate(model, x, y)[0], 6))
+    return {"intact_error": round(intact, 6), "errors": errors}
+
+
+def gate_summary(
+    gates: torch.Tensor, labels: torch.Tensor, classes: tuple[int, ...], examples_per_digit: int
+) -> dict[str, Any]:
+    """Per-layer statistics of gate outputs [N, layers, units] (Sec. 4, Fig. 2-3).
+
+    mean: the mean output per layer; spread: per layer, the mean over units of the
+    standard deviation across examples (how much the routing depends on the input);
+    examples: per layer, the mean over units for a few examples of each digit;
+    class_deviation: per digit, the class mean minus the overall mean (layers x units),
+    and its mean absolute value per layer.
+    """
+    overall = gates.mean(0)  # [layers, units]
+    shown = torch.cat([(labels == d).nonzero().flatten()[:examples_per_digit] for d in range(10)])
+    deviation = {str(c): gates[labels == c].mean(0) - overall for c in classes}
+    return {
+        "mean": _r(gates.mean((0, 2))),
+        "spread": _r(gates.std(0, correction=0).mean(1)),
+        "examples": _r(gates[shown].mean(2).T),  # [layers, examples]
+        "example_labels": labels[shown].tolist(),
+        "class_deviation": {c: _r(d) for c, d in deviation.items()},
+        "class_deviation_abs": {c: _r(d.abs().mean(1)) for c, d in deviation.items()},
+    }
+
+
+def _r(t: torch.Tensor, digits: int = 5) -> Any:
+    return torch.round(t.detach().float(), decimals=digits).tolist()
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+def _subset(context: Context, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed subset of the training images (a seeded permutation, the same every run)."""
+    x, y = context.train
+    index = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
+    return x[index], y[index]
+
+
+def train_cell(
+    family: Family, depth: int, seed: int, config: Config, context: Context
+) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model = build(family, depth, config)
+    subset = _subset(context, config.subset)
+    losses, evals = LossEvery(config.loss_every), EvalEvery(config.eval_every, subset)
+    start_acc, start_loss = evaluate(model, *subset)
+    history = fit(
+        model,
+        context.train,
+        config.recipe(),
+        max_steps=config.steps,
+        seed=seed,
+        device=context.device,
+        callbacks=[losses, evals],
+        progress=context.progress,
+        name=f"{family}-{depth}",
+    )
+    points = [[0, round(start_acc, 6), round(start_loss, 6)], *evals.points]
+    finite = [p[2] for p in points if math.isfinite(p[2])]
+    val_acc, val_loss = evaluate(model, *context.validation)
+    cell: dict[str, Any] = {
+        "params": count_params(model),
+        "curve": [p for p in losses.points if math.isfinite(p[1])],
+        "evals": [p for p in points if math.isfinite(p[2])],
+        "best_loss": min(finite) if finite else None,
+        "final_loss": points[-1][2] if math.isfinite(points[-1][2]) else None,
+        "val_accuracy": round(val_acc, 6) if math.isfinite(val_loss) else None,
+        "diverged_at": history.diverged_at,
+        "steps": history.steps,
+        "wall_s": round(history.wall_time_s, 1),
+    }
+    if family == "highway" and depth == config.analysis_depth and seed == 0:
+        model.cpu()
+        gates = gate_outputs(model, subset[0])
+        biases = torch.stack([layer.gate.bias.detach() for layer in model.layers])
+        cell["analysis"] = {
+            "gate_bias": _r(biases),
+            "gate_bias_mean": _r(biases.mean(1)),
+            "gates": gate_summary(gates, subset[1], config.classes, config.examples_per_digit),
+            "lesion": lesion_errors(model, *subset),
+        }
+    log.info(
+        "%s depth %d seed %d: best training loss %s, %s",
+        family,
+        depth,
+        seed,
+        cell["best_loss"],
+        history.outcome(),
+    )
+    return cell
+
+
+def run(config: Config, context: Context) -> dict[str, Any]:
+    started = time.perf_counter()
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {f: {} for f in FAMILIES}
+    analysis = None
+    for seed in range(config.seeds):
+        for depth in config.depths:
+            for family in FAMILIES:
+                key = f"{family}-d{depth}-s{seed}"
+                cell = context.cell(
+                    key, lambda f=family, d=depth, s=seed: train_cell(f, d, s, config, context)
+                )
+                runs[family].setdefault(str(depth), []).append(cell)
+                analysis = cell.get("analysis", analysis)
+    log.info(
+        "highway: %d runs in %.0f s",
+        len(config.depths) * 2 * config.seeds,
+        time.perf_counter() - started,
+    )
+    return {
+        "layer_params": {f: hidden_layer_params(f, config) for f in FAMILIES},
+        "runs": runs,
+        "analysis": analysis,
+        "analysis_depth": config.analysis_depth,
+        "early_layers": config.early_layers,
+        "gate_bias": config.gate_bias,
+        "classes": list(config.classes),
+    }
+
+
+# --- summaries shared by verdicts, report and plots ------------------------------------
+
+
+def best_loss(results: dict[str, Any], family: str, depth: str) -> float | None:
+    """The best training loss of the best run at this depth (the paper's Fig. 1 shows
+    the best of its hyperparameter runs; ours are seeds of one recipe)."""
+    values = [r["best_loss"] for r in results["runs"][family][depth] if r["best_loss"]]
+    return min(values) if values else None
+
+
+def _layer_numbers(results: dict[str, Any]) -> list[int]:
+    """Highway layers are layers 2..depth of the net (layer 1 is the plain first layer)."""
+    return list(range(2, results["analysis_depth"] + 1))
+
+
+def _split(values: list[float], results: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Values of highway layers 2..early_layers and of the later ones."""
+    cut = results["early_layers"] - 1
+    return values[:cut], values[cut:]
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def verdicts(results: dict[str, Any]) -> list[str]:
+    depths = list(results["runs"]["plain"])
+    shallow, deep = depths[0], depths[-1]
+    lines = []
+    plain_s, plain_d = best_loss(results, "plain", shallow), best_loss(results, "plain", deep)
+    high_s, high_d = best_loss(results, "highway", shallow), best_loss(results, "highway", deep)
+    plain_curve = ", ".join(f"{d}: {_fmt(best_loss(results, 'plain', d))}" for d in depths)
+    high_curve = ", ".join(f"{d}: {_fmt(best_loss(results, 'highway', d))}" for d in depths)
+    if plain_s is not None and (plain_d is None or plain_d > 2 * plain_s):
+        word = "supports"
+    else:
+        word = "does not support"
+    lines.append(
+        f"(a) plain nets, best training loss by depth ({plain_curve}): the {deep}-layer net "
+        f"ends {_ratio(plain_d, plain_s)} the {shallow}-layer one; {word} 'plain nets "
+        "degrade with depth' (criterion: more than 2x worse)."
+    )
+    ratio = plain_d / high_d if plain_d and high_d else None
+    if ratio is not None and ratio > 100:
+        word = "supports the paper's > 2 orders of magnitude"
+    elif ratio is not None and ratio > 1:
+        word = (
+            "same direction as the paper, but short of its > 2 orders of magnitude "
+            "(one fixed recipe and a few epochs here, a random search and long runs there)"
+        )
+    else:
+        word = "does not support the paper (highway not better at this depth)"
+    lines.append(
+        f"(a) highway nets, best training loss by depth ({high_curve}): at {deep} layers "
+        f"{_fmt(high_d)} vs plain {_fmt(plain_d)}, "
+        + (f"plain / highway = {ratio:.3g}; " if ratio else "")
+        + f"{word}. Highway {deep} vs {shallow} layers: {_ratio(high_d, high_s)}."
+    )
+    analysis = results["analysis"]
+    if analysis is None:
+        return lines
+    gates = analysis["gates"]
+    early, late = _split(gates["spread"], results)
+    last = results["early_layers"]
+    dev = {c: _split(v, results) for c, v in gates["class_deviation_abs"].items()}
+    word = "supports" if _mean(early) > _mean(late) else "does not support"
+    dev_text = "; ".join(
+        f"digit {c}: {_mean(e):.3f} vs {_mean(l_):.3f}" for c, (e, l_) in dev.items()
+    )
+    lines.append(
+        f"(b) gates of the trained {results['analysis_depth']}-layer highway net: mean "
+        f"output {_mean(gates['mean']):.3f} (initial sigmoid(bias) "
+        f"{_sigmoid(results['gate_bias']):.3f}), gate bias mean "
+        f"{_mean(analysis['gate_bias_mean']):.2f}; "
+        f"spread of gate outputs across examples, layers 2-{last} vs {last + 1}-"
+        f"{results['analysis_depth']}: {_mean(early):.3f} vs {_mean(late):.3f}; mean |class "
+        f"mean - overall mean|, same split: {dev_text}; {word} 'data-dependent routing "
+        f"concentrated in the first ~15 layers'."
+    )
+    lesion = analysis["lesion"]
+    intact = lesion["intact_error"] * 100
+    early_e, late_e = _split([e * 100 for e in lesion["errors"]], results)
+    late_rise = [e - intact for e in late_e]
+    barely = sum(r < LESION_PP for r in late_rise)
+    supports = _mean(early_e) > _mean(late_e) and statistics.median(late_rise) < LESION_PP
+    lines.append(
+        f"(c) lesioning (transform gate forced to 0) on {len(lesion['errors'])} highway "
+        f"layers: intact training-subset error {intact:.2f}%; lesioning one of layers "
+        f"2-{last}: mean {_mean(early_e):.2f}% (max {max(early_e, default=math.nan):.2f}%); "
+        f"layers {last + 1}-{results['analysis_depth']}: mean {_mean(late_e):.2f}% "
+        f"(max {max(late_e, default=math.nan):.2f}%), {barely} of {len(late_e)} within "
+        f"{LESION_PP:g} point of intact; "
+        + ("supports" if supports else "does not support")
+        + " 'early layers matter, later ones barely do'."
+    )
+    return lines
+
+
+def _sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "n/a (a run diverged at once)"
+    return f"{a / b:.3g}x" if a >= b else f"{b / a:.3g}x lower than"
+
+
+def report(results: dict[str, Any]) -> str:
+    params = results["layer_params"]
+    lines = [
+        f"Parameters per hidden layer: plain {params['plain']:,}, highway "
+        f"{params['highway']:,}. Best training loss is the lowest mean cross-entropy on "
+        "the fixed 10,000-image training subset over the run's evaluations.",
+        "",
+        "| depth | family | params | best training loss (per seed) | final training loss "
+        "| validation accuracy | diverged |",
+        "|---:|---|---:|---|---|---|---|",
+    ]
+    for depth in results["runs"]["plain"]:
+        for family in FAMILIES:
+            runs = results["runs"][family][depth]
+            lines.append(
+                f"| {depth} | {family} | {runs[0]['params']:,} | "
+                + ", ".join(_fmt(r["best_loss"]) for r in runs)
+                + " | "
+                + ", ".join(_fmt(r["final_loss"]) for r in runs)
+                + " | "
+                + ", ".join(
+                    "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.2%}" for r in runs
+                )
+                + " | "
+                + ", ".join(str(r["diverged_at"] or "no") for r in runs)
+                + " |"
+            )
+    analysis = results["analysis"]
+    if analysis is None:
+        return "\n".join(lines)
+    gates, lesion = analysis["gates"], analysis["lesion"]
+    classes = list(gates["class_deviation_abs"])
+    lines += [
+        "",
+        f"Trained {results['analysis_depth']}-layer highway net (seed 0), per highway "
+        f"layer: transform-gate bias (mean over units), mean gate output and its spread "
+        f"across examples (mean over units of the standard deviation), mean |class mean "
+        f"- overall mean| of the gate outputs for digits {' and '.join(classes)}, and the "
+        f"training-subset error with that layer lesioned (intact: "
+        f"{lesion['intact_error']:.2%}).",
+        "",
+        "| layer | gate bias | mean gate | spread | "
+        + " | ".join(f"dev. digit {c}" for c in classes)
+        + " | error lesioned |",
+        "|---:|---:|---:|---:|" + "---:|" * len(classes) + "---:|",
+    ]
+    for i, layer in enumerate(_layer_numbers(results)):
+        lines.append(
+            f"| {layer} | {analysis['gate_bias_mean'][i]:.3f} | {gates['mean'][i]:.3f} | "
+            f"{gates['spread'][i]:.3f} | "
+            + " | ".join(f"{gates['class_deviation_abs'][c][i]:.4f}" for c in classes)
+            + f" | {lesion['errors'][i]:.2%} |"
+        )
+    return "\n".join(lines)
+
+
+# --- figures --------------------------------------------------------------------------
+
+
+def plot(results: dict[str, Any], config: Config, out: Path) -> list[Path]:
+    paths = [_plot_sweep(results, out / "depth_sweep.png")]
+    if results["analysis"] is not None:
+        paths.append(_plot_gates(results, out / "gates.png"))
+        paths.append(_plot_lesion(results, out / "lesion.png"))
+    return paths
+
+
+def _plot_sweep(results: dict[str, Any], path: Path) -> Path:
+    depths = list(results["runs"]["plain"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for family in FAMILIES:
+        xs, ys = [], []
+        for depth in depths:
+            for r in results["runs"][family][depth]:
+                if r["best_loss"] is not None:
+                    left.scatter(int(depth), r["best_loss"], color=COLOURS[family], alpha=0.4)
+            best = best_loss(results, family, depth)
+            if best is not None:
+                xs.append(int(depth))
+                ys.append(best)
+        left.plot(xs, ys, "o-", color=COLOURS[family], label=f"{family} (best run)")
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="depth (layers)",
+        ylabel="best training cross-entropy (10k-image training subset)",
+        title="(a) best training loss by depth (dots: each seed)",
+    )
+    left.set_xticks([int(d) for d in depths], labels=depths)
+    left.legend()
+    styles = ["-", "--", "-.", ":"] * 4
+    for family in FAMILIES:
+        for depth, style in zip(depths, styles, strict=False):
+            curve = results["runs"][family][depth][0]["curve"]
+            if curve:
+                steps, losses = zip(*curve, strict=True)
+                right.plot(steps, losses, style, color=COLOURS[family], label=f"{family} {depth}")
+    right.set(
+        yscale="log",
+        xlabel="SGD step",
+        ylabel="training cross-entropy (running mean)",
+        title="training curves (seed 0)",
+    )
+    right.legend(ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_gates(results: dict[str, Any], path: Path) -> Path:
+    analysis = results["analysis"]
+    gates = analysis["gates"]
+    layers = _layer_numbers(results)
+    extent_units = [-0.5, len(analysis["gate_bias"][0]) - 0.5, layers[-1] + 0.5, layers[0] - 0.5]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 9))
+    ax = axes[0, 0]
+    im = ax.imshow(analysis["gate_bias"], aspect="auto", cmap="coolwarm_r", extent=extent_units)
+    fig.colorbar(im, ax=ax, label="bias")
+    ax.set(xlabel="unit", ylabel="layer", title="transform-gate bias (init -2)")
+    ax = axes[0, 1]
+    ax.plot(layers, gates["mean"], "o-", ms=3, label="mean gate output")
+    ax.plot(layers, gates["spread"], "s-", ms=3, label="spread across examples (std)")
+    ax.axvline(
+        results["early_layers"] + 0.5,
+        color="grey",
+        ls=":",
+        label=f"layer {results['early_layers']} | {results['early_layers'] + 1}",
+    )
+    ax.set(xlabel="layer", ylabel="transform gate T(x)", title="gate output per layer")
+    ax.legend(fontsize=8)
+    ax = axes[0, 2]
+    labels = gates["example_labels"]
+    im = ax.imshow(
+        gates["examples"],
+        aspect="auto",
+        cmap="viridis",
+        extent=[-0.5, len(labels) - 0.5, layers[-1] + 0.5, layers[0] - 0.5],
+    )
+    fig.colorbar(im, ax=ax, label="mean gate output over units")
+    ax.set_xticks(range(len(labels)), labels=labels, fontsize=7)
+    ax.set(xlabel="example (its digit)", ylabel="layer", title="gate activity per example")
+    for ax, digit in zip(axes[1, :2], gates["class_deviation"], strict=False):
+        matrix = gates["class_deviation"][digit]
+        bound = max(abs(v) for row in matrix for v in row) or 1.0
+        im = ax.imshow(
+            matrix,
+            aspect="auto",
+            cmap="RdBu_r",
+            vmin=-bound,
+            vmax=bound,
+            extent=extent_units,
+        )
+        fig.colorbar(im, ax=ax, label="class mean - overall mean")
+        ax.set(xlabel="unit", ylabel="layer", title=f"gate activity: digit {digit} vs all")
+    ax = axes[1, 2]
+    for digit, values in gates["class_deviation_abs"].items():
+        ax.plot(layers, values, "o-", ms=3, label=f"digit {digit}")
+    ax.axvline(results["early_layers"] + 0.5, color="grey", ls=":")
+    ax.set(
+        xlabel="layer",
+        ylabel="mean |class mean - overall mean|",
+        title="class dependence of the gates per layer",
+    )
+    ax.legend()
+    fig.suptitle(
+        f"(b) transform gates of the trained {results['analysis_depth']}-layer highway net"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_lesion(results: dict[str, Any], path: Path) -> Path:
+    lesion = results["analysis"]["lesion"]
+    layers = _layer_numbers(results)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(layers, [e * 100 for e in lesion["errors"]], "o-", ms=4, label="layer lesioned")
+    ax.axhline(lesion["intact_error"] * 100, color="grey", ls="--", label="intact net")
+    ax.axvline(results["early_layers"] + 0.5, color="grey", ls=":")
+    ax.set(
+        yscale="log",
+        xlabel="lesioned layer (transform gate forced to 0: the layer copies its input)",
+        ylabel="training-subset error (%)",
+        title=f"(c) lesioning the trained {results['analysis_depth']}-layer highway net",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

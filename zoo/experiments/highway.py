@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -314,6 +315,7 @@ def run(config: Config, context: Context) -> dict[str, Any]:
         "analysis_depth": config.analysis_depth,
         "early_layers": config.early_layers,
         "gate_bias": config.gate_bias,
+        "subset": config.subset,
         "classes": list(config.classes),
     }
 
@@ -435,7 +437,7 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         f"Parameters per hidden layer: plain {params['plain']:,}, highway "
         f"{params['highway']:,}. Best training loss is the lowest mean cross-entropy on "
-        "the fixed 10,000-image training subset over the run's evaluations.",
+        f"the fixed {results['subset']:,}-image training subset over the run's evaluations.",
         "",
         "| depth | family | params | best training loss (per seed) | final training loss "
         "| validation accuracy | diverged |",
@@ -515,10 +517,11 @@ def _plot_sweep(results: dict[str, Any], path: Path) -> Path:
         xscale="log",
         yscale="log",
         xlabel="depth (layers)",
-        ylabel="best training cross-entropy (10k-image training subset)",
+        ylabel=f"best training cross-entropy ({results['subset']:,}-image training subset)",
         title="(a) best training loss by depth (dots: each seed)",
     )
     left.set_xticks([int(d) for d in depths], labels=depths)
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.legend()
     styles = ["-", "--", "-.", ":"] * 4
     for family in FAMILIES:
@@ -549,7 +552,11 @@ def _plot_gates(results: dict[str, Any], path: Path) -> Path:
     ax = axes[0, 0]
     im = ax.imshow(analysis["gate_bias"], aspect="auto", cmap="coolwarm_r", extent=extent_units)
     fig.colorbar(im, ax=ax, label="bias")
-    ax.set(xlabel="unit", ylabel="layer", title="transform-gate bias (init -2)")
+    ax.set(
+        xlabel="unit",
+        ylabel="layer",
+        title=f"transform-gate bias after training (init {results['gate_bias']:g})",
+    )
     ax = axes[0, 1]
     ax.plot(layers, gates["mean"], "o-", ms=3, label="mean gate output")
     ax.plot(layers, gates["spread"], "s-", ms=3, label="spread across examples (std)")
@@ -617,6 +624,8 @@ def _plot_lesion(results: dict[str, Any], path: Path) -> Path:
         ylabel="training-subset error (%)",
         title=f"(c) lesioning the trained {results['analysis_depth']}-layer highway net",
     )
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -547,11 +547,23 @@ def verdicts(results: dict[str, Any]) -> list[str]:
                 others.append(kind)
         cell = results["moments"][f"selu/{depth}"]
         selu_ok = all(in_band(*m) for m in cell["init"] + cell["trained"])
+        spread = {
+            state: (
+                max(abs(m[0]) for m in cell[state]),
+                min(m[1] for m in cell[state]),
+                max(m[1] for m in cell[state]),
+            )
+            for state in ("init", "trained")
+        }
         lines.append(
             f"(a) {depth} layers, last layer (mean, var) at init -> after "
-            f"{cell['steps']} SGD steps: {'; '.join(parts)}. SELU stays in |mean|<="
-            f"{MEAN_BAND}, var in {list(VAR_BAND)} at every layer: {'yes' if selu_ok else 'NO'}"
-            f"; others in that band at the last layer both times: {others or 'none'}. "
+            f"{cell['steps']} SGD steps: {'; '.join(parts)}. SELU over all layers: max |mean| "
+            f"{fmt(spread['init'][0])}, var {fmt(spread['init'][1])}-{fmt(spread['init'][2])}"
+            f" at init; max |mean| {fmt(spread['trained'][0])}, var "
+            f"{fmt(spread['trained'][1])}-{fmt(spread['trained'][2])} after training, so in "
+            f"|mean|<={MEAN_BAND}, var in {list(VAR_BAND)} at every layer: "
+            f"{'yes' if selu_ok else 'NO'}; others in that band at the last layer both times: "
+            f"{others or 'none'}. "
             + ("Supports the claim." if selu_ok else "Does not support the claim.")
         )
     # (b)
@@ -698,7 +710,9 @@ def report(results: dict[str, Any]) -> str:
     out += [
         "",
         "Roughness: standard deviation of the change in log training loss between "
-        "consecutive recorded points over the second half of the run (mean over seeds).",
+        "consecutive recorded points (each the mean of `loss_every` steps) over the second "
+        "half of the run, mean over seeds. It is relative noise: at equal batch noise a "
+        "lower loss reads rougher, so a family that trains lower is penalised by it.",
         "",
         "### (d) Dropout in a SELU net, train mode, last layer (mean over seeds)",
         "",
@@ -746,12 +760,13 @@ def plot(results: dict[str, Any], config: Config, out: Path) -> list[Path]:
             axes[0, col].axhline(0, color="k", lw=0.5, ls=":")
             axes[1, col].axhline(1, color="k", lw=0.5, ls=":")
             axes[1, col].set_xlabel("layer")
-    axes[0, 0].legend(fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(ACTIVATIONS), fontsize=9)
     fig.suptitle(
         f"(a) Activation moments per layer, width {config.width}, "
         f"{config.probe_images} MNIST images"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     figures.append(out / "moments.png")
     fig.savefig(figures[-1], dpi=100)
     plt.close(fig)

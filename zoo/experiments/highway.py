@@ -244,6 +244,7 @@ def train_cell(
     subset = _subset(context, config.subset)
     losses, evals = LossEvery(config.loss_every), EvalEvery(config.eval_every, subset)
     start_acc, start_loss = evaluate(model, *subset)
+    head_rms = _head_input_rms(model, subset[0][:1000])
     history = fit(
         model,
         context.train,
@@ -260,6 +261,7 @@ def train_cell(
     val_acc, val_loss = evaluate(model, *context.validation)
     cell: dict[str, Any] = {
         "params": count_params(model),
+        "init_head_input_rms": head_rms,  # the signal reaching the output layer at init
         "curve": [p for p in losses.points if math.isfinite(p[1])],
         "evals": [p for p in points if math.isfinite(p[2])],
         "best_loss": min(finite) if finite else None,
@@ -270,15 +272,9 @@ def train_cell(
         "wall_s": round(history.wall_time_s, 1),
     }
     if family == "highway" and depth == config.analysis_depth and seed == 0:
-        model.cpu()
-        gates = gate_outputs(model, subset[0])
-        biases = torch.stack([layer.gate.bias.detach() for layer in model.layers])
-        cell["analysis"] = {
-            "gate_bias": _r(biases),
-            "gate_bias_mean": _r(biases.mean(1)),
-            "gates": gate_summary(gates, subset[1], config.classes, config.examples_per_digit),
-            "lesion": lesion_errors(model, *subset),
-        }
+        # Gates and lesions of a diverged net (inf or NaN weights) would be noise: the
+        # verdicts say why there is none instead.
+        cell["analysis"] = None if history.diverged else analyse(model, subset, config)
     log.info(
         "%s depth %d seed %d: best training loss %s, %s",
         family,
@@ -288,6 +284,35 @@ def train_cell(
         history.outcome(),
     )
     return cell
+
+
+@torch.no_grad()
+def _head_input_rms(model: nn.Module, x: torch.Tensor) -> float:
+    """Root mean square of what the output layer receives: how much of the input's
+    signal survives the depth of the net (a diagnostic of vanishing signals)."""
+    head = model.head if isinstance(model, HighwayMLP) else model.net[-1]
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        model.eval()(x)
+    finally:
+        handle.remove()
+    return round(float(seen[0].pow(2).mean().sqrt()), 6)
+
+
+def analyse(
+    model: HighwayMLP, subset: tuple[torch.Tensor, torch.Tensor], config: Config
+) -> dict[str, Any]:
+    """Sec. 4 on the trained net: gate biases and outputs, and lesions (Fig. 2-4)."""
+    model.cpu()
+    gates = gate_outputs(model, subset[0])
+    biases = torch.stack([layer.gate.bias.detach() for layer in model.layers])
+    return {
+        "gate_bias": _r(biases),
+        "gate_bias_mean": _r(biases.mean(1)),
+        "gates": gate_summary(gates, subset[1], config.classes, config.examples_per_digit),
+        "lesion": lesion_errors(model, *subset),
+    }
 
 
 def run(config: Config, context: Context) -> dict[str, Any]:
@@ -302,7 +327,8 @@ def run(config: Config, context: Context) -> dict[str, Any]:
                     key, lambda f=family, d=depth, s=seed: train_cell(f, d, s, config, context)
                 )
                 runs[family].setdefault(str(depth), []).append(cell)
-                analysis = cell.get("analysis", analysis)
+                if "analysis" in cell:
+                    analysis = cell["analysis"]
     log.info(
         "highway: %d runs in %.0f s",
         len(config.depths) * 2 * config.seeds,
@@ -375,16 +401,39 @@ def verdicts(results: dict[str, Any]) -> list[str]:
             "(one fixed recipe and a few epochs here, a random search and long runs there)"
         )
     else:
-        word = "does not support the paper (highway not better at this depth)"
+        word = (
+            "does not support the paper (highway not better at this depth, under one "
+            "fixed recipe where the paper tunes each depth by random search)"
+        )
     lines.append(
         f"(a) highway nets, best training loss by depth ({high_curve}): at {deep} layers "
         f"{_fmt(high_d)} vs plain {_fmt(plain_d)}, "
         + (f"plain / highway = {ratio:.3g}; " if ratio else "")
         + f"{word}. Highway {deep} vs {shallow} layers: {_ratio(high_d, high_s)}."
     )
+    diverged = [
+        f"{family} {depth} ({sum(r['diverged_at'] is not None for r in runs)} of {len(runs)})"
+        for family in FAMILIES
+        for depth, runs in results["runs"][family].items()
+        if any(r["diverged_at"] is not None for r in runs)
+    ]
+    lines.append(
+        "(a) diverged runs (loss NaN or infinite; counted at their best loss before): "
+        + (", ".join(diverged) if diverged else "none")
+        + "; signal reaching the output layer at initialisation (rms, seed 0): "
+        + "; ".join(
+            f"{family} "
+            + ", ".join(
+                f"{d}: {runs[0].get('init_head_input_rms', math.nan):.3g}"
+                for d, runs in results["runs"][family].items()
+            )
+            for family in FAMILIES
+        )
+        + "."
+    )
     analysis = results["analysis"]
     if analysis is None:
-        return lines
+        return [*lines, *_not_analysed(results)]
     gates = analysis["gates"]
     early, late = _split(gates["spread"], results)
     last = results["early_layers"]
@@ -420,6 +469,20 @@ def verdicts(results: dict[str, Any]) -> list[str]:
         + " 'early layers matter, later ones barely do'."
     )
     return lines
+
+
+def _not_analysed(results: dict[str, Any]) -> list[str]:
+    depth = str(results["analysis_depth"])
+    cell = results["runs"]["highway"][depth][0]
+    why = (
+        f"the {depth}-layer highway net (seed 0) diverged at step {cell['diverged_at']} "
+        "under the fixed recipe (best training loss "
+        f"{_fmt(cell['best_loss'])}, chance is 2.30), so there is no trained net to analyse"
+    )
+    return [
+        f"(b) gates: not measured: {why}; neither supports nor contradicts the paper.",
+        f"(c) lesioning: not measured: {why}; neither supports nor contradicts the paper.",
+    ]
 
 
 def _sigmoid(v: float) -> float:
@@ -461,7 +524,7 @@ def report(results: dict[str, Any]) -> str:
             )
     analysis = results["analysis"]
     if analysis is None:
-        return "\n".join(lines)
+        return "\n".join([*lines, "", *_not_analysed(results)])
     gates, lesion = analysis["gates"], analysis["lesion"]
     classes = list(gates["class_deviation_abs"])
     lines += [
@@ -507,7 +570,14 @@ def _plot_sweep(results: dict[str, Any], path: Path) -> Path:
         for depth in depths:
             for r in results["runs"][family][depth]:
                 if r["best_loss"] is not None:
-                    left.scatter(int(depth), r["best_loss"], color=COLOURS[family], alpha=0.4)
+                    left.scatter(
+                        int(depth),
+                        r["best_loss"],
+                        color=COLOURS[family],
+                        alpha=0.5,
+                        marker="x" if r["diverged_at"] else "o",
+                        s=60 if r["diverged_at"] else 20,
+                    )
             best = best_loss(results, family, depth)
             if best is not None:
                 xs.append(int(depth))
@@ -518,7 +588,7 @@ def _plot_sweep(results: dict[str, Any], path: Path) -> Path:
         yscale="log",
         xlabel="depth (layers)",
         ylabel=f"best training cross-entropy ({results['subset']:,}-image training subset)",
-        title="(a) best training loss by depth (dots: each seed)",
+        title="(a) best training loss by depth (dots: each seed; x: diverged later)",
     )
     left.set_xticks([int(d) for d in depths], labels=depths)
     left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

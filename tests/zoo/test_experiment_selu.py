@@ -107,7 +107,7 @@ def test_a_reduced_run_points_the_papers_way(tmp_path: Path) -> None:
         probe_images=500,
         moment_depths=(32,),
         moment_steps=100,
-        fig1_depths=(16,),
+        fig1_depths=(32,),
         fig1_steps=300,
         dropout_depth=16,
         dropout_rates=(0.1,),
@@ -117,10 +117,11 @@ def test_a_reduced_run_points_the_papers_way(tmp_path: Path) -> None:
     assert lines[0].startswith("(a)") and lines[0].endswith("Supports the claim.")
     assert lines[1].startswith("(b)") and lines[1].endswith("Supports the claim.")
     assert lines[-1].startswith("(d)") and lines[-1].endswith("Supports the claim.")
-    # (c): both families train without diverging.
-    for family in ("snn", "bn"):
-        summary = exp.fig1_summary(results, family, 16)
-        assert summary["diverged"] == 0 and summary["final_mean"] < 1.0
+    # (c) at 32 layers: the full run's SNN ended at a third of BN-ReLU's training loss
+    # (0.098 vs 0.273); here we ask only for SNN below 0.7x BN's, neither diverging.
+    snn, bn = (exp.fig1_summary(results, family, 32) for family in ("snn", "bn"))
+    assert snn["diverged"] == bn["diverged"] == 0
+    assert snn["final_mean"] < 0.7 * bn["final_mean"], (snn, bn)
     assert exp.report(results).count("|") > 50
     figures = exp.plot(results, config, tmp_path)
     assert all(f.stat().st_size > 1000 for f in figures)

@@ -651,7 +651,25 @@ def verdicts(results: dict[str, Any]) -> list[str]:
 
 
 def report(results: dict[str, Any]) -> str:
-    out = ["### (a) Activation moments, last hidden layer", ""]
+    full = Config()  # the full run's setup: report() sees the results only
+    out = [
+        "### Setup against the paper",
+        "",
+        f"Scaled down to fit a 10-minute CPU run: hidden width {full.width} for every net "
+        f"(the paper's Fig. 1: 784); Fig. 1 is {full.fig1_steps} plain-SGD steps at lr "
+        f"{full.lr}, batch {full.batch_size}, for both families (the paper: plain SGD at lr "
+        "1e-5, far more steps), depths "
+        f"{', '.join(map(str, full.fig1_depths))}, {full.seeds} seeds; the 'short training' "
+        f"of (a) is {full.moment_steps} steps of the same SGD, seed 0 only; (a) and (d) "
+        f"measure {full.probe_images} MNIST training images, standardised with MNIST's "
+        "mean and standard deviation, moments pooled over images and units. tanh, ELU "
+        "and sigmoid nets use LeCun-normal weights (SELU's init) so only the activation "
+        "differs from the SNN; the BatchNorm nets are Linear -> BatchNorm -> ReLU with "
+        "PyTorch's default init. (d) is at initialisation, in train mode.",
+        "",
+        "### (a) Activation moments, last hidden layer",
+        "",
+    ]
     out += ["| depth | net | init mean | init var | trained mean | trained var | steps |"]
     out += ["|---|---|---|---|---|---|---|"]
     for depth in _depths(results, "moments"):

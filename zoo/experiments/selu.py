@@ -658,7 +658,7 @@ def report(results: dict[str, Any]) -> str:
         f"Scaled down to fit a 10-minute CPU run: hidden width {full.width} for every net "
         f"(the paper's Fig. 1: 784); Fig. 1 is {full.fig1_steps} plain-SGD steps at lr "
         f"{full.lr}, batch {full.batch_size}, for both families (the paper: plain SGD at lr "
-        "1e-5, which moves little in this few steps), depths "
+        "1e-5; ours is chosen once for our small step budget, not tuned), depths "
         f"{', '.join(map(str, full.fig1_depths))}, {full.seeds} seeds; the 'short training' "
         f"of (a) is {full.moment_steps} steps of the same SGD, seed 0 only; (a) and (d) "
         f"measure {full.probe_images} MNIST training images, standardised with MNIST's "

@@ -510,8 +510,10 @@ def _rates(rates: list[float]) -> str:
 
 def report(results: dict[str, Any]) -> str:
     setup = results["setup"]
+    depths = " and ".join(str(d) for d in sorted({r["depth"] for r in results["depth"]}))
     lines = [
-        f"Setup: {setup['depth']}x{setup['width']} sigmoid MLP (10 for depth), batch 60, "
+        f"Setup: {setup['depth']}x{setup['width']} sigmoid MLP ({depths} layers in (e)), "
+        f"batch 60, "
         f"plain SGD (no momentum, constant lr), weights N(0, std^2), biases 0; test accuracy "
         f"on {setup['eval_size']} MNIST test images, mean of {setup['seeds']} seed(s). "
         f"Scaled down against the paper's 50,000 steps: {setup['steps']} steps for the "
@@ -533,9 +535,22 @@ def report(results: dict[str, Any]) -> str:
         f"{_mean([drift(r) for r in curves['bn']]):.3f} |"
     )
     for title, key, rows in (
-        (f"(c) learning rate, {setup['sweep_steps']} steps", "lr", results["lr_sweep"]),
-        (f"(d) init std, {setup['sweep_steps']} steps", "init_std", results["init_sweep"]),
-        (f"(e) depth, {setup['depth_steps']} steps", "depth", results["depth"]),
+        (
+            f"(c) learning rate, init std {setup['init_std']:g}, {setup['sweep_steps']} steps",
+            "lr",
+            results["lr_sweep"],
+        ),
+        (
+            f"(d) init std, lr {setup['lr']:g}, {setup['sweep_steps']} steps",
+            "init_std",
+            results["init_sweep"],
+        ),
+        (
+            f"(e) depth, lr {setup['lr']:g}, init std {setup['init_std']:g}, "
+            f"{setup['depth_steps']} steps",
+            "depth",
+            results["depth"],
+        ),
     ):
         lines += ["", f"{title}:", "", f"| {key} | without BN | with BN |", "|---|---|---|"]
         for value, entry in sweep_table(rows, key).items():
@@ -568,7 +583,8 @@ def plot(results: dict[str, Any], config: Config, out: Path) -> list[Path]:
     axes[0].set(
         xlabel="training step",
         ylabel="test accuracy",
-        title=f"(a) test accuracy, {setup['depth']}x{setup['width']} sigmoid, lr {setup['lr']:g}",
+        title=f"(a) test accuracy, {setup['depth']}x{setup['width']} sigmoid, lr {setup['lr']:g}, "
+        f"init std {setup['init_std']:g}",
         ylim=(0, 1),
     )
     axes[0].legend(loc="lower right")
@@ -602,14 +618,20 @@ def plot(results: dict[str, Any], config: Config, out: Path) -> list[Path]:
 
     # (c, d): final accuracy against the learning rate and the init std.
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, key, rows, steps, title in (
-        (axes[0], "lr", results["lr_sweep"], setup["sweep_steps"], "learning rate (plain SGD)"),
+    for ax, key, rows, xlabel, title in (
+        (
+            axes[0],
+            "lr",
+            results["lr_sweep"],
+            "learning rate (plain SGD)",
+            f"(c) by learning rate; init std {setup['init_std']:g}",
+        ),
         (
             axes[1],
             "init_std",
             results["init_sweep"],
-            setup["sweep_steps"],
             "std of the Gaussian init",
+            f"(d) by init std; lr {setup['lr']:g}",
         ),
     ):
         table = sweep_table(rows, key)
@@ -643,10 +665,10 @@ def plot(results: dict[str, Any], config: Config, out: Path) -> list[Path]:
             ax.axhline(setup["trains_at"], color="grey", ls=":", lw=1, label="'trains' threshold")
         ax.set(
             xscale="log",
-            xlabel=title,
-            ylabel="final test accuracy",
+            xlabel=xlabel,
+            ylabel=f"test accuracy after {setup['sweep_steps']} steps",
             ylim=(0, 1),
-            title=f"final test accuracy after {steps} steps, by {title}",
+            title=f"{title}; mean and each seed",
         )
         ax.legend(loc="lower left", fontsize=8)
         ax.grid(alpha=0.3)
@@ -676,7 +698,7 @@ def plot(results: dict[str, Any], config: Config, out: Path) -> list[Path]:
             title=f"(e) {d} sigmoid layers of {setup['width']}, lr {setup['lr']:g}, "
             f"init std {setup['init_std']:g}",
         )
-        ax.legend(loc="center right")
+        ax.legend(loc="upper left")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     figures.append(out / "bn_depth.png")

@@ -438,7 +438,12 @@ def verdicts(results: dict[str, Any]) -> list[str]:
         f"{_rates(plain_only)}; diverged runs: with BN at {_rates(diverged['bn'])}, without "
         f"at {_rates(diverged['plain'])}: "
         + (
-            "supports the claim (BN trains at rates where the plain net fails)."
+            "supports the claim (BN trains at rates where the plain net fails"
+            + (
+                "; no plain run diverged: it stays near chance or learns more slowly)."
+                if not diverged["plain"]
+                else ")."
+            )
             if bn_only and not plain_only
             else "partly supports the claim (each net trains at some rates the other does not)."
             if bn_only
@@ -449,14 +454,21 @@ def verdicts(results: dict[str, Any]) -> list[str]:
     table = sweep_table(results["init_sweep"], "init_std")
     accs = {net: [e[net]["accuracy"] for e in table.values()] for net in NETS}
     spread = {net: max(a) - min(a) for net, a in accs.items()}
+    plain_ahead = [v for v, e in table.items() if e["plain"]["accuracy"] > e["bn"]["accuracy"]]
     lines.append(
         f"(d) Init std {min(table):g}..{max(table):g} ({setup['sweep_steps']} steps, lr "
         f"{setup['lr']:g}): final accuracy with BN {_pct(min(accs['bn']))}..{_pct(max(accs['bn']))}"
         f", without {_pct(min(accs['plain']))}..{_pct(max(accs['plain']))}: "
         + (
-            "supports the claim (BN is less affected by the init scale)."
+            "supports the claim (BN is less affected by the init scale)"
             if spread["bn"] < spread["plain"] and min(accs["bn"]) > min(accs["plain"])
-            else "does NOT support the claim: BN's accuracy varies as much with the init."
+            else "does NOT support the claim: BN's accuracy varies as much with the init"
+        )
+        + (
+            f"; but at init std {_rates(plain_ahead)} the plain net is ahead (best "
+            f"{_pct(max(accs['plain']))} vs {_pct(max(accs['bn']))} with BN)."
+            if plain_ahead
+            else "."
         )
     )
     # (e) depth.

@@ -108,8 +108,7 @@ def build(net: str, depth: int, width: int, init_std: float) -> MLP:
     """`depth` hidden layers of `width` sigmoid units, BN before each sigmoid for "bn"
     (the zoo's MLP: Linear -> [BatchNorm1d] -> Sigmoid, inputs standardised), every
     weight drawn from N(0, init_std^2) (Sec. 4.1: "small random Gaussian values") and
-    every bias zero. The caller
-    seeds torch."""
+    every bias zero. The caller seeds torch."""
     model = MLP(
         MLPConfig(
             hidden=(width,) * depth,

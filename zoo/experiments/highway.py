@@ -596,10 +596,13 @@ def _plot_sweep(results: dict[str, Any], path: Path) -> Path:
     styles = ["-", "--", "-.", ":"] * 4
     for family in FAMILIES:
         for depth, style in zip(depths, styles, strict=False):
-            curve = results["runs"][family][depth][0]["curve"]
-            if curve:
-                steps, losses = zip(*curve, strict=True)
-                right.plot(steps, losses, style, color=COLOURS[family], label=f"{family} {depth}")
+            run = results["runs"][family][depth][0]
+            if run["curve"]:
+                steps, losses = zip(*run["curve"], strict=True)
+                label = f"{family} {depth}" + (
+                    f" (diverged at step {run['diverged_at']})" if run["diverged_at"] else ""
+                )
+                right.plot(steps, losses, style, color=COLOURS[family], label=label)
     right.set(
         yscale="log",
         xlabel="SGD step",

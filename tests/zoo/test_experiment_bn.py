@@ -14,6 +14,7 @@ from torch import nn
 from zoo.data import train_val_split
 from zoo.experiments import bn
 from zoo.experiments.base import CELLS_FILENAME, Context
+from zoo.experiments.callbacks import Probe
 from zoo.models.layers import Normalize
 
 
@@ -105,12 +106,12 @@ def test_the_probe_records_a_units_percentiles_and_leaves_the_net_alone() -> Non
         model[0].weight.copy_(torch.eye(2))
         model[0].bias.zero_()
     batch = torch.stack([torch.arange(101.0).flip(0), torch.zeros(101)], dim=1)
-    probe = bn.SideEffectFreeProbe(model[0], batch, 10, lambda out: bn.percentiles(out, 0))
+    probe = Probe(model[0], batch, 10, lambda out: bn.percentiles(out, 0))
     probe.record(model, 0)
     assert probe.points == [[0, [15.0, 50.0, 85.0]]]
     # In train mode BN normalises by the batch (what the sigmoid sees in training), but
     # the probe batch must not leak into BN's running averages.
-    bn_probe = bn.SideEffectFreeProbe(model[1], batch, 10, lambda out: bn.percentiles(out, 0))
+    bn_probe = Probe(model[1], batch, 10, lambda out: bn.percentiles(out, 0))
     bn_probe.record(model, 0)
     assert bn_probe.points[0][1][1] == pytest.approx(0.0, abs=1e-6)  # centred on the median
     assert torch.equal(model[1].running_mean, torch.zeros(2))
@@ -140,9 +141,9 @@ def test_a_run_is_resumed_from_its_cells_not_recomputed(tmp_path: Path) -> None:
     results = bn.run(TINY, first)
     cells = json.loads((tmp_path / CELLS_FILENAME).read_text())["cells"]
     # (a, b) 2 nets; (c) 2 rates x 2 nets; (d) 2 stds x 2 nets; (e) 1 depth x 2 nets.
-    assert first._computed == len(cells) == 2 + 4 + 4 + 2
+    assert first.computed == len(cells) == 2 + 4 + 4 + 2
     again = Context(tmp_path, progress=False, config_key=key)
-    assert bn.run(TINY, again) == results and again._computed == 0
+    assert bn.run(TINY, again) == results and again.computed == 0
     # What the figures and the report are built from.
     for net in bn.NETS:
         (curve,) = results["curves"][net]

@@ -112,3 +112,12 @@ def test_results_json_is_complete(tmp_path: Path) -> None:
         assert record["figures"] and record["results"]
         for figure in record["figures"]:
             assert (tmp_path / name / figure).stat().st_size > 1000
+
+
+def test_results_are_plain_json_and_readable_by_others(tmp_path: Path) -> None:
+    from zoo.experiments.base import write_json
+
+    path = tmp_path / "results.json"
+    write_json(path, {"loss": [1.0, float("nan"), float("inf")], "ok": True})
+    assert json.loads(path.read_text()) == {"loss": [1.0, None, None], "ok": True}
+    assert path.stat().st_mode & 0o044 == 0o044

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -33,12 +34,24 @@ RESULTS_FILENAME = "results.json"
 CELLS_FILENAME = "cells.json"
 
 
+def _plain(value: Any) -> Any:
+    """Plain JSON has no NaN or infinity (a diverged run's loss): they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def write_json(path: Path, value: Any) -> None:
     """Replace `path` atomically: a reader (or a resumed run) never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the results from other users
         with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=1)
+            json.dump(_plain(value), f, indent=1, allow_nan=False)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -55,7 +68,7 @@ class Context:
     progress: bool = True
     config_key: str = ""  # cells of another config are not reused
     _cells: dict[str, Any] = field(default_factory=dict)
-    _computed: int = 0
+    computed: int = 0  # cells computed in this run (not resumed)
 
     def __post_init__(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +86,7 @@ class Context:
         started = time.perf_counter()
         value = compute()
         self._cells[key] = value
-        self._computed += 1
+        self.computed += 1
         write_json(self.out / CELLS_FILENAME, {"config": self.config_key, "cells": self._cells})
         log.info("cell %s done in %.1f s", key, time.perf_counter() - started)
         return value

@@ -139,22 +139,6 @@ def percentiles(output: torch.Tensor, unit: int) -> list[float]:
     return [round(v, 6) for v in torch.quantile(output[:, unit].double(), q).tolist()]
 
 
-class SideEffectFreeProbe(Probe):
-    """A Probe that leaves the net as it found it. It sees the net as training does
-    (train mode: a BN layer normalises by the batch's own statistics, which is what the
-    sigmoid receives during training), but a forward pass in train mode also folds the
-    probe batch into BN's running averages; those buffers are put back afterwards."""
-
-    def record(self, model: nn.Module, step: int) -> None:
-        saved = {name: b.clone() for name, b in model.named_buffers()}
-        try:
-            super().record(model, step)
-        finally:
-            with torch.no_grad():
-                for name, b in model.named_buffers():
-                    b.copy_(saved[name])
-
-
 def _finite(value: float) -> float | None:
     """Plain JSON has no NaN or infinity: a diverged run's loss is recorded as null."""
     return round(value, 6) if math.isfinite(value) else None
@@ -188,7 +172,7 @@ def train_one(
         callbacks.append(evals)
     if probe:
         batch = context.test[0][: config.probe_size]
-        probed = SideEffectFreeProbe(
+        probed = Probe(
             last_sigmoid_input(model),
             batch,
             config.probe_every,

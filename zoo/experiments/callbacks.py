@@ -13,8 +13,8 @@ from zoo.fit import Callback, FitState, evaluate
 
 
 class EvalEvery(Callback):
-    """Accuracy and loss on `data` at step 0 (first call) and every `every` steps:
-    `points` holds [step, accuracy, loss] rows."""
+    """Accuracy and loss on `data` every `every` steps (fit calls back after each step,
+    so step 0 is the caller's to record): `points` holds [step, accuracy, loss] rows."""
 
     def __init__(self, every: int, data: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.every, self.data = every, data
@@ -46,7 +46,10 @@ class Probe(Callback):
     """Every `every` steps, run `batch` through the model (no gradients, the model's mode
     kept) and hand what `module` emitted to `summarise`; `points` holds
     [step, summarise(output)] rows. Call `record(model, step)` to add a row by hand
-    (e.g. at step 0, before training)."""
+    (e.g. at step 0, before training).
+
+    The model is left as it was found: in train mode a forward pass folds the batch into
+    BatchNorm's running averages, so every buffer is put back afterwards."""
 
     def __init__(
         self,
@@ -61,11 +64,14 @@ class Probe(Callback):
     @torch.no_grad()
     def record(self, model: nn.Module, step: int) -> None:
         seen: list[torch.Tensor] = []
+        saved = {name: b.clone() for name, b in model.named_buffers()}
         handle = self.module.register_forward_hook(lambda m, i, out: seen.append(out.detach()))
         try:
             model(self.batch.to(next(model.parameters()).device))
         finally:
             handle.remove()
+            for name, b in model.named_buffers():
+                b.copy_(saved[name])
         self.points.append([step, self.summarise(seen[0].cpu())])
 
     def on_step(self, state: FitState) -> None:

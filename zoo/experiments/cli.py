@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import torch
 from pydantic import Field
 from pydantic_settings import CliPositionalArg
 
+from zoo.errors import NotFoundError
 from zoo.experiments import EXPERIMENTS, get_experiment
 from zoo.experiments.base import RESULTS_FILENAME, Context, record, resolve_device, write_json
 from zoo.settings import ZooSettings, add_settings_arguments, settings_from_args
@@ -30,6 +33,9 @@ class ExperimentSettings(ZooSettings):
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="torch device")
     threads: int | None = Field(None, ge=1, description="torch threads (unset: all cores)")
     progress: bool = Field(True, description="show progress bars")
+    replot: bool = Field(
+        False, description="redraw the figures from the results.json in --out, without running"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -45,6 +51,8 @@ def main(argv: list[str]) -> int:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     out = settings.out or RUNS_DIR / settings.name
+    if settings.replot:
+        return replot(module, out)
     context = Context(
         out, device=device, progress=settings.progress, config_key=config.model_dump_json()
     )
@@ -69,4 +77,17 @@ def main(argv: list[str]) -> int:
     print(f"zoo experiment {settings.name}: {out / RESULTS_FILENAME}, {len(figures)} figures")
     for line in module.verdicts(results):
         print(f"  {line}")
+    return 0
+
+
+def replot(module: ModuleType, out: Path) -> int:
+    """Redraw a finished run's figures with the current plot code; the numbers stay."""
+    path = out / RESULTS_FILENAME
+    if not path.is_file():
+        raise NotFoundError(f"{path}: no results to redraw; run the experiment first")
+    saved = json.loads(path.read_text())
+    config = module.Config(**saved["config"])
+    saved["figures"] = [f.name for f in module.plot(saved["results"], config, out)]
+    write_json(path, saved)
+    print(f"zoo experiment {saved['experiment']}: redrew {len(saved['figures'])} figures in {out}")
     return 0

@@ -35,7 +35,8 @@ def section(name: str, folder: Path, page: Path) -> str:
         "",
         f"Made with `{record['command']}` on {env['machine']} ({env['device']}"
         + (f", {env['gpu']}" if env.get("gpu") else "")
-        + f", {env['threads']} threads, torch {env['torch']}), {record['finished'][:10]},"
+        + f", {env['threads']} thread{'s' if env['threads'] != 1 else ''}, torch {env['torch']}),"
+        f" {record['finished'][:10]},"
         f" {record['wall_time_s'] / 60:.1f} min" + (" (quick mode)" if record["quick"] else "."),
         "",
         "Verdicts:",

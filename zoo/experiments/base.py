@@ -34,6 +34,12 @@ RESULTS_FILENAME = "results.json"
 CELLS_FILENAME = "cells.json"
 
 
+def rounded(value: float, digits: int = 6) -> float | None:
+    """A figure for results.json: rounded, and null when NaN or infinite (a diverged run's
+    loss, a blown-up statistic), which plain JSON cannot hold."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
 def _plain(value: Any) -> Any:
     """Plain JSON has no NaN or infinity (a diverged run's loss): they become null."""
     if isinstance(value, float) and not math.isfinite(value):

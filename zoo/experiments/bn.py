@@ -23,7 +23,6 @@ every sweep varies one of them around that point.
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from zoo.experiments.base import Context
+from zoo.experiments.base import Context, rounded
 from zoo.experiments.callbacks import EvalEvery, Probe
 from zoo.fit import evaluate, fit
 from zoo.models import TrainRecipe
@@ -139,11 +138,6 @@ def percentiles(output: torch.Tensor, unit: int) -> list[float]:
     return [round(v, 6) for v in torch.quantile(output[:, unit].double(), q).tolist()]
 
 
-def _finite(value: float) -> float | None:
-    """Plain JSON has no NaN or infinity: a diverged run's loss is recorded as null."""
-    return round(value, 6) if math.isfinite(value) else None
-
-
 def train_one(
     config: Config,
     context: Context,
@@ -202,7 +196,7 @@ def train_one(
     accuracy, loss = evaluate(model, *test)
     result: dict[str, Any] = {
         "accuracy": round(accuracy, 6),
-        "loss": _finite(loss),
+        "loss": rounded(loss),
         "steps": history.steps,
         "diverged_at": history.diverged_at,
     }
@@ -210,7 +204,7 @@ def train_one(
         points = [start, *evals.points]
         if points[-1][0] != history.steps:
             points.append([history.steps, result["accuracy"], result["loss"]])
-        result["curve"] = [[s, a, _finite(v)] for s, a, v in points]
+        result["curve"] = [[s, a, rounded(v)] for s, a, v in points]
     if probe:
         result["percentiles"] = probed.points
     return result

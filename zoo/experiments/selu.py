@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from zoo.experiments.base import Context
+from zoo.experiments.base import Context, rounded
 from zoo.experiments.callbacks import LossEvery
 from zoo.fit import fit
 from zoo.models import TrainRecipe
@@ -331,11 +331,6 @@ def plain_net(
     return nn.Sequential(*layers)
 
 
-def finite(value: float) -> float | None:
-    """JSON has no NaN or infinity: a blown-up statistic is recorded as null."""
-    return round(value, 6) if math.isfinite(value) else None
-
-
 @torch.no_grad()
 def layer_moments(model: nn.Sequential, batch: torch.Tensor, of: type) -> list[list[Any]]:
     """[mean, variance] of what every module of type `of` emits on `batch`, pooled over
@@ -348,7 +343,7 @@ def layer_moments(model: nn.Sequential, batch: torch.Tensor, of: type) -> list[l
     finally:
         for handle in handles:
             handle.remove()
-    return [[finite(float(o.mean())), finite(float(o.var()))] for o in seen]
+    return [[rounded(float(o.mean())), rounded(float(o.var()))] for o in seen]
 
 
 def sgd(config: Config) -> TrainRecipe:

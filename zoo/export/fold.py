@@ -10,7 +10,8 @@ tracing the data flow with torch.fx, so that a BatchNorm is folded only into the
 layer whose output it actually normalises.
 
 Neither the TorchScript exporter nor onnxruntime folds BatchNorm1d after Linear/Gemm
-(see the export issue), which is why we fold before exporting instead of relying on them.
+(measured with torch 2.13 and onnxruntime 1.32), which is why we fold before exporting
+instead of relying on them.
 """
 
 from __future__ import annotations

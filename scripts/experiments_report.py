@@ -55,6 +55,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "experiments")
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "experiments.md")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the page is not what it would write"
+    )
     args = parser.parse_args()
     parts = [
         "# The lecture, measured",
@@ -66,7 +69,12 @@ def main() -> int:
         "",
         *[section(name, args.results, args.page) for name in EXPERIMENTS],
     ]
-    args.page.write_text("\n".join(parts))
+    text = "\n".join(parts)
+    if args.check:
+        current = args.page.exists() and args.page.read_text() == text
+        print(f"{args.page} is {'current' if current else 'stale: rerun this script'}")
+        return 0 if current else 1
+    args.page.write_text(text)
     print(f"wrote {args.page}")
     return 0
 

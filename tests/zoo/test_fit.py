@@ -121,3 +121,14 @@ def test_results_are_plain_json_and_readable_by_others(tmp_path: Path) -> None:
     write_json(path, {"loss": [1.0, float("nan"), float("inf")], "ok": True})
     assert json.loads(path.read_text()) == {"loss": [1.0, None, None], "ok": True}
     assert path.stat().st_mode & 0o044 == 0o044
+
+
+def test_the_experiments_page_is_generated_from_the_committed_results() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "experiments_report.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

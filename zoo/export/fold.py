@@ -126,9 +126,22 @@ def fold_model(model: nn.Module, example_input: Tensor) -> nn.Module:
     return graph_module
 
 
+class _BatchNormLeafTracer(torch.fx.Tracer):
+    """torch.fx's tracer, keeping every BatchNorm one call_module node.
+
+    fx treats only torch.nn's own modules as leaves; it would trace into a BatchNorm
+    subclass defined elsewhere (Batch Renorm, which is a BatchNorm at inference) and leave
+    nothing to fold.
+    """
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, _BatchNorm) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace(model: nn.Module, example_input: Tensor) -> GraphModule:
     try:
-        graph_module = torch.fx.symbolic_trace(model)
+        graph = _BatchNormLeafTracer().trace(model)
+        graph_module = GraphModule(model, graph, type(model).__name__)
     except Exception as error:  # fx raises many kinds (TraceError, TypeError, ...) on dynamic code
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ExportError(
@@ -205,7 +218,8 @@ def _layer_matches(
     if isinstance(layer, nn.Linear):
         over_channels = bn_input_shape is not None and len(bn_input_shape) == 2
         return isinstance(bn, nn.BatchNorm1d) and over_channels
-    return type(layer) is _CONV_FOR_BN.get(type(bn))
+    conv = next((c for kind, c in _CONV_FOR_BN.items() if isinstance(bn, kind)), None)
+    return type(layer) is conv  # a subclass of BatchNorm2d (Batch Renorm) pairs as BatchNorm2d
 
 
 def _is_private_layer_call(graph_module: GraphModule, node: object) -> bool:

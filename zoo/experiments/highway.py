@@ -6,20 +6,27 @@ inside the best 50-layer highway net: its transform-gate biases and outputs, per
 example and per class (Sec. 4, Fig. 2 and 3), and what each layer is worth, by forcing
 its transform gate shut so that it only copies its input (Sec. 4, Fig. 4).
 
-Three parts, one sweep of cells (`{family}-d{depth}-lr{lr}-s{seed}`):
-  (a) plain and highway nets at each depth, each over a fixed grid of SGD learning
-      rates; per depth and family the best learning rate's best training loss (the
-      paper reports the best of its hyperparameter runs, Fig. 1);
+Three parts, one sweep of cells (`{family}-d{depth}-lr{lr}[-b{bias}]-s{seed}`):
+  (a) plain and highway nets at each depth, each over a fixed grid of settings: SGD
+      learning rates, and for highway nets also initial transform-gate biases; per
+      depth and family the best setting's best training loss (the paper reports the
+      best of its hyperparameter runs, Fig. 1);
   (b) the gates of the trained 50-layer highway net: the best (lowest loss, not
       diverged) 50-layer highway run of the grid, its gates computed inside its cell
       since the trained weights are not kept; if no run of the grid learned, a net
       trained with the zoo's own Adam recipe for deep highway nets instead;
   (c) the training-subset error of that net with each highway layer lesioned.
 
-Scaled down against the paper: a 3-point learning-rate grid (fixed before running)
-instead of a 100-run random search per depth and family, a few thousand SGD steps
-instead of hundreds of epochs, two seeds (one for the 100-layer nets), and the
-training loss measured on a fixed 10,000-image subset of the training set.
+Scaled down against the paper: a grid fixed before running (3 learning rates; for
+highway nets x 3 gate biases) instead of a 100-run random search per depth and
+family, a few thousand SGD steps instead of hundreds of epochs, two seeds (one for
+the 100-layer nets), and the training loss measured on a fixed 10,000-image subset of
+the training set.
+
+The gate bias is in the grid because the paper searches it (between -1 and -10, with
+the learning rate, momentum, decay and activation): a first full run with the bias
+fixed at -2 had no 50- or 100-layer highway net learn at any learning rate (each
+diverged or stayed at chance), while at -6 both depths train at lr 0.01.
 """
 
 from __future__ import annotations
@@ -83,12 +90,13 @@ class Config(BaseModel):
     # either way (71*71+71 = 5,112; 2*(50*50+50) = 5,100).
     plain_width: int = 71
     highway_width: int = 50
-    gate_bias: float = -2.0  # the transform-gate bias at initialisation
-    # The paper tunes each depth and family by a 100-run random search (Sec. 3.1); we
-    # run a 3-point learning-rate grid, fixed before the run, for every depth and
-    # family, with one recipe otherwise: SGD with (Nesterov) momentum as in the paper,
-    # a cosine decay in place of its exponential one, a step budget of a few epochs.
+    # The paper tunes each depth and family by a 100-run random search (Sec. 3.1), the
+    # initial transform-gate bias (between -1 and -10) among the hyperparameters; we
+    # run a grid fixed before the run, the same for every depth, with one recipe
+    # otherwise: SGD with (Nesterov) momentum as in the paper, a cosine decay in place
+    # of its exponential one, a step budget of a few epochs.
     lrs: tuple[float, ...] = (0.001, 0.003, 0.01)
+    gate_biases: tuple[float, ...] = (-2.0, -4.0, -6.0)  # highway nets only
     momentum: float = 0.9
     batch_size: int = 128
     steps: int = 3000
@@ -122,6 +130,7 @@ def make_config(quick: bool, seeds: int | None) -> Config:
         config = Config(
             seeds=1,
             depths=(5, 10),
+            gate_biases=(-2.0, -4.0),
             steps=200,
             loss_every=20,
             eval_every=50,
@@ -137,12 +146,12 @@ def make_config(quick: bool, seeds: int | None) -> Config:
 # --- the nets -------------------------------------------------------------------------
 
 
-def build(family: Family, depth: int, config: Config) -> nn.Module:
+def build(family: Family, depth: int, config: Config, gate_bias: float = -2.0) -> nn.Module:
     """A `depth`-layer net: a plain first layer, then depth-1 plain or highway layers.
 
     He-normal weights and zero biases for every linear layer of both families (the
     standard initialisation for ReLU nets; it gives the deep plain nets their best
-    chance), then the transform-gate biases at `config.gate_bias`. The caller seeds.
+    chance), then the transform-gate biases at `gate_bias`. The caller seeds.
     """
     if family == "plain":
         model: nn.Module = MLP(
@@ -150,9 +159,7 @@ def build(family: Family, depth: int, config: Config) -> nn.Module:
         )
     else:
         model = HighwayMLP(
-            HighwayMLPConfig(
-                depth=depth - 1, width=config.highway_width, gate_bias=config.gate_bias
-            )
+            HighwayMLPConfig(depth=depth - 1, width=config.highway_width, gate_bias=gate_bias)
         )
     for module in model.modules():
         if isinstance(module, nn.Linear):
@@ -160,7 +167,7 @@ def build(family: Family, depth: int, config: Config) -> nn.Module:
             nn.init.zeros_(module.bias)
     if isinstance(model, HighwayMLP):
         for layer in model.layers:
-            nn.init.constant_(layer.gate.bias, config.gate_bias)
+            nn.init.constant_(layer.gate.bias, gate_bias)
     return model
 
 
@@ -266,12 +273,14 @@ def train_cell(
     config: Config,
     context: Context,
     recipe: TrainRecipe,
+    gate_bias: float | None,
     analyse_net: bool,
 ) -> dict[str, Any]:
-    """One training run; with `analyse_net`, the Sec. 4 analysis of the trained net
-    (gates, lesions) rides along, since the trained weights are not kept."""
+    """One training run (`gate_bias`: None for a plain net); with `analyse_net`, the
+    Sec. 4 analysis of the trained net (gates, lesions) rides along, since the trained
+    weights are not kept."""
     torch.manual_seed(seed)
-    model = build(family, depth, config)
+    model = build(family, depth, config, gate_bias if gate_bias is not None else 0.0)
     subset = _subset(context, config.subset)
     losses, evals = LossEvery(config.loss_every), EvalEvery(config.eval_every, subset)
     start_acc, start_loss = evaluate(model, *subset)
@@ -285,12 +294,14 @@ def train_cell(
         device=context.device,
         callbacks=[losses, evals],
         progress=context.progress,
-        name=f"{family}-{depth}-lr{recipe.lr:g}",
+        name=f"{family}-{depth}-{setting_key(recipe.lr, gate_bias)}",
     )
     points = [[0, round(start_acc, 6), round(start_loss, 6)], *evals.points]
     finite = [p[2] for p in points if math.isfinite(p[2])]
     val_acc, val_loss = evaluate(model, *context.validation)
     cell: dict[str, Any] = {
+        "lr": recipe.lr,
+        "gate_bias": gate_bias,
         "params": count_params(model),
         "init_head_input_rms": head_rms,  # the signal reaching the output layer at init
         "curve": [p for p in losses.points if math.isfinite(p[1])],
@@ -307,10 +318,10 @@ def train_cell(
         # verdicts say why there is none instead.
         cell["analysis"] = None if history.diverged else analyse(model, subset, config)
     log.info(
-        "%s depth %d lr %g seed %d: best training loss %s, %s",
+        "%s depth %d %s seed %d: best training loss %s, %s",
         family,
         depth,
-        recipe.lr,
+        setting_key(recipe.lr, gate_bias),
         seed,
         cell["best_loss"],
         history.outcome(),
@@ -347,8 +358,16 @@ def analyse(
     }
 
 
-def _lr_key(lr: float) -> str:
-    return f"{lr:g}"
+def setting_key(lr: float, gate_bias: float | None) -> str:
+    """The name of one point of the grid: "lr 0.01", or "lr 0.01, bias -4" for highway."""
+    return f"lr {lr:g}" if gate_bias is None else f"lr {lr:g}, bias {gate_bias:g}"
+
+
+def settings(family: Family, config: Config) -> list[tuple[float, float | None]]:
+    """The grid of one family: (learning rate, initial gate bias or None)."""
+    if family == "plain":
+        return [(lr, None) for lr in config.lrs]
+    return [(lr, bias) for bias in config.gate_biases for lr in config.lrs]
 
 
 def _learned(cell: dict[str, Any]) -> bool:
@@ -361,7 +380,7 @@ def _learned(cell: dict[str, Any]) -> bool:
 
 def run(config: Config, context: Context) -> dict[str, Any]:
     started = time.perf_counter()
-    # runs[family][depth][lr]: the seeds' cells
+    # runs[family][depth][setting]: the seeds' cells
     runs: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {f: {} for f in FAMILIES}
     count = 0
     for seed in range(config.seeds):
@@ -369,17 +388,17 @@ def run(config: Config, context: Context) -> dict[str, Any]:
             if seed >= config.seeds_at(depth):
                 continue
             for family in FAMILIES:
-                for lr in config.lrs:
-                    key = f"{family}-d{depth}-lr{_lr_key(lr)}-s{seed}"
+                for lr, bias in settings(family, config):
+                    key = f"{family}-d{depth}-lr{lr:g}" + ("" if bias is None else f"-b{bias:g}")
                     analyse_net = family == "highway" and depth == config.analysis_depth
                     cell = context.cell(
-                        key,
-                        lambda f=family, d=depth, s=seed, r=lr, a=analyse_net: train_cell(
-                            f, d, s, config, context, config.recipe(r), a
+                        f"{key}-s{seed}",
+                        lambda f=family, d=depth, s=seed, r=lr, b=bias, a=analyse_net: train_cell(
+                            f, d, s, config, context, config.recipe(r), b, a
                         ),
                     )
-                    by_lr = runs[family].setdefault(str(depth), {})
-                    by_lr.setdefault(_lr_key(lr), []).append(cell)
+                    by_setting = runs[family].setdefault(str(depth), {})
+                    by_setting.setdefault(setting_key(lr, bias), []).append(cell)
                     count += 1
     analysis, source = _pick_analysis(runs, config, context)
     log.info("highway: %d runs in %.0f s", count, time.perf_counter() - started)
@@ -388,10 +407,10 @@ def run(config: Config, context: Context) -> dict[str, Any]:
     runs = {
         f: {
             d: {
-                lr: [{k: v for k, v in c.items() if k != "analysis"} for c in cells]
-                for lr, cells in by_lr.items()
+                setting: [{k: v for k, v in c.items() if k != "analysis"} for c in cells]
+                for setting, cells in by_setting.items()
             }
-            for d, by_lr in by_depth.items()
+            for d, by_setting in by_depth.items()
         }
         for f, by_depth in runs.items()
     }
@@ -403,7 +422,6 @@ def run(config: Config, context: Context) -> dict[str, Any]:
         "analysis_depth": config.analysis_depth,
         "highway_width": config.highway_width,
         "early_layers": config.early_layers,
-        "gate_bias": config.gate_bias,
         "subset": config.subset,
         "classes": list(config.classes),
     }
@@ -416,30 +434,32 @@ def _pick_analysis(
     if none learned, one net trained with the zoo's own recipe for deep highway nets."""
     depth = config.analysis_depth
     candidates = [
-        (cell["best_loss"], float(lr), seed, cell)
-        for lr, cells in runs["highway"].get(str(depth), {}).items()
+        (cell["best_loss"], seed, cell)
+        for cells in runs["highway"].get(str(depth), {}).values()
         for seed, cell in enumerate(cells)
         if _learned(cell)
     ]
     if candidates:
-        loss, lr, seed, cell = min(candidates, key=lambda c: c[0])
+        loss, seed, cell = min(candidates, key=lambda c: c[0])
         return cell["analysis"], {
             "recipe": "grid",
-            "lr": lr,
+            "lr": cell["lr"],
+            "gate_bias": cell["gate_bias"],
             "seed": seed,
             "best_loss": loss,
             "optimizer": "sgd",
         }
-    recipe = fallback_recipe()
+    recipe, bias = fallback_recipe(), config.gate_biases[0]
     cell = context.cell(
         f"highway-d{depth}-fallback-s0",
-        lambda: train_cell("highway", depth, 0, config, context, recipe, True),
+        lambda: train_cell("highway", depth, 0, config, context, recipe, bias, True),
     )
     source = {
         "recipe": "fallback",
         "model": FALLBACK_MODEL,
         "optimizer": recipe.optimizer,
         "lr": recipe.lr,
+        "gate_bias": bias,
         "schedule": recipe.schedule,
         "augment_shift": recipe.augment_shift,
         "seed": 0,
@@ -454,26 +474,44 @@ def _pick_analysis(
 
 
 def best_loss(
-    results: dict[str, Any], family: str, depth: str, lr: str | None = None
+    results: dict[str, Any],
+    family: str,
+    depth: str,
+    setting: str | None = None,
+    *,
+    lr: float | None = None,
+    gate_bias: float | None = None,
 ) -> float | None:
-    """The best training loss over seeds at this depth, of learning rate `lr` or (None)
-    of the best learning rate (the paper's Fig. 1 shows the best of its runs)."""
-    by_lr = results["runs"][family][depth]
+    """The best training loss over seeds at this depth: of one `setting`, or of the runs
+    with learning rate `lr` and/or initial gate bias `gate_bias`, or (neither) of the
+    whole grid (the paper's Fig. 1 shows the best of its runs)."""
     values = [
         r["best_loss"]
-        for key, cells in by_lr.items()
-        if lr is None or key == lr
+        for key, cells in results["runs"][family][depth].items()
+        if setting is None or key == setting
         for r in cells
-        if r["best_loss"] is not None
+        if (lr is None or r["lr"] == lr)
+        and (gate_bias is None or r["gate_bias"] == gate_bias)
+        and r["best_loss"] is not None
     ]
     return min(values) if values else None
 
 
-def best_lr(results: dict[str, Any], family: str, depth: str) -> str | None:
-    by_lr = results["runs"][family][depth]
-    scored = [(best_loss(results, family, depth, lr), lr) for lr in by_lr]
-    scored = [(v, lr) for v, lr in scored if v is not None]
+def best_setting(results: dict[str, Any], family: str, depth: str) -> str | None:
+    by_setting = results["runs"][family][depth]
+    scored = [(best_loss(results, family, depth, key), key) for key in by_setting]
+    scored = [(v, key) for v, key in scored if v is not None]
     return min(scored)[1] if scored else None
+
+
+def grid_values(results: dict[str, Any], family: str, field: str) -> list[float]:
+    """The learning rates or gate biases (`field`) a family's grid ran, in grid order."""
+    seen = {
+        cells[0][field]: None
+        for by_setting in results["runs"][family].values()
+        for cells in by_setting.values()
+    }
+    return list(seen)
 
 
 def _layer_numbers(results: dict[str, Any]) -> list[int]:
@@ -503,7 +541,7 @@ def verdicts(results: dict[str, Any]) -> list[str]:
     high_s, high_d = best_loss(results, "highway", shallow), best_loss(results, "highway", deep)
     plain_curve, high_curve = (
         ", ".join(
-            f"{d}: {_fmt(best_loss(results, f, d))} (lr {best_lr(results, f, d)})" for d in depths
+            f"{d}: {_fmt(best_loss(results, f, d))} ({best_setting(results, f, d)})" for d in depths
         )
         for f in FAMILIES
     )
@@ -522,14 +560,13 @@ def verdicts(results: dict[str, Any]) -> list[str]:
     elif ratio is not None and ratio > 1:
         word = (
             "same direction as the paper, but short of its > 2 orders of magnitude "
-            "(a 3-point learning-rate grid and a few epochs here, a 100-run random "
-            "search and long runs there)"
+            "(a small fixed grid and a few epochs here, a 100-run random search and "
+            "long runs there)"
         )
     else:
         word = (
-            "does not support the paper (highway not better at this depth, with a "
-            "3-point learning-rate grid where the paper tunes each depth by a 100-run "
-            "random search)"
+            "does not support the paper (highway not better at this depth, with a small "
+            "fixed grid where the paper tunes each depth by a 100-run random search)"
         )
     lines.append(
         f"(a) highway nets, best training loss by depth ({high_curve}): at {deep} layers "
@@ -538,11 +575,11 @@ def verdicts(results: dict[str, Any]) -> list[str]:
         + f"{word}. Highway {deep} vs {shallow} layers: {_ratio(high_d, high_s)}."
     )
     diverged = [
-        f"{family} {depth} lr {lr} "
+        f"{family} {depth} {setting} "
         f"({sum(r['diverged_at'] is not None for r in runs)} of {len(runs)})"
         for family in FAMILIES
-        for depth, by_lr in results["runs"][family].items()
-        for lr, runs in by_lr.items()
+        for depth, by_setting in results["runs"][family].items()
+        for setting, runs in by_setting.items()
         if any(r["diverged_at"] is not None for r in runs)
     ]
     lines.append(
@@ -552,8 +589,8 @@ def verdicts(results: dict[str, Any]) -> list[str]:
         + "; ".join(
             f"{family} "
             + ", ".join(
-                f"{d}: {next(iter(by_lr.values()))[0]['init_head_input_rms']:.3g}"
-                for d, by_lr in results["runs"][family].items()
+                f"{d}: {next(iter(by_setting.values()))[0]['init_head_input_rms']:.3g}"
+                for d, by_setting in results["runs"][family].items()
             )
             for family in FAMILIES
         )
@@ -584,7 +621,7 @@ def verdicts(results: dict[str, Any]) -> list[str]:
     lines.append(
         f"(b) gates of the trained {results['analysis_depth']}-layer highway net: mean "
         f"output {_mean(gates['mean']):.3f} (initial sigmoid(bias) "
-        f"{_sigmoid(results['gate_bias']):.3f}), gate bias mean "
+        f"{_sigmoid(results['analysis_source']['gate_bias']):.3f}), gate bias mean "
         f"{_mean(analysis['gate_bias_mean']):.2f}; "
         f"spread of gate outputs across examples, layers 2-{last} vs {last + 1}-"
         f"{results['analysis_depth']}: {_mean(early):.3f} vs {_mean(late):.3f}; mean |class "
@@ -621,7 +658,8 @@ def _analysed_net(results: dict[str, Any]) -> str:
     if source["recipe"] == "grid":
         return (
             f"(b, c) the analysed net: the best {depth}-layer highway run of the SGD grid "
-            f"(lr {source['lr']:g}, seed {source['seed']}, best training loss "
+            f"(lr {source['lr']:g}, initial gate bias {source['gate_bias']:g}, seed "
+            f"{source['seed']}, best training loss "
             f"{source['best_loss']:.3g})."
         )
     return (
@@ -673,26 +711,29 @@ def report(results: dict[str, Any]) -> str:
         f"Parameters per hidden layer: plain {params['plain']:,}, highway "
         f"{params['highway']:,}. Best training loss is the lowest mean cross-entropy on "
         f"the fixed {results['subset']:,}-image training subset over the run's evaluations.",
-        "Scaled down against the paper: a 3-point learning-rate grid, fixed before the "
-        "run, of one SGD recipe (Nesterov momentum, cosine decay, He-normal init; the "
-        "config has the numbers) for every depth and both families, where the paper "
-        "picks each depth's and family's learning rate, momentum, decay, activation and "
-        "gate bias by a 100-run random search; a few thousand steps instead of long "
-        "runs; a few seeds (fewer for the deepest nets). Every learning rate's runs are "
-        "listed, diverged ones included; * marks the best learning rate per depth and "
-        "family.",
+        "Scaled down against the paper: a grid fixed before the run of one SGD recipe "
+        "(Nesterov momentum, cosine decay, He-normal init; the config has the numbers): "
+        "3 learning rates for every depth and both families, times 3 initial "
+        "transform-gate biases for highway nets, where the paper picks each depth's and "
+        "family's learning rate, momentum, decay, activation and gate bias (between -1 "
+        "and -10) by a 100-run random search; a few thousand steps instead of long runs; "
+        "a few seeds (fewer for the deepest nets). Every setting's runs are listed, "
+        "diverged ones included; * marks the best setting per depth and family.",
+        "The gate bias is in the grid because an earlier full run with the bias fixed at "
+        "-2 (the common default) had no 50- or 100-layer highway net learn at any of the "
+        "3 learning rates: each diverged or stayed at chance.",
         "",
-        "| depth | family | params | lr | best training loss (per seed) | final training "
+        "| depth | family | params | setting | best training loss (per seed) | final training "
         "loss | validation accuracy | diverged at step |",
         "|---:|---|---:|---:|---|---|---|---|",
     ]
     for depth in results["runs"]["plain"]:
         for family in FAMILIES:
-            best = best_lr(results, family, depth)
-            for lr, runs in results["runs"][family][depth].items():
-                mark = "*" if lr == best else ""
+            best = best_setting(results, family, depth)
+            for setting, runs in results["runs"][family][depth].items():
+                mark = "*" if setting == best else ""
                 lines.append(
-                    f"| {depth} | {family} | {runs[0]['params']:,} | {lr}{mark} | "
+                    f"| {depth} | {family} | {runs[0]['params']:,} | {setting}{mark} | "
                     + ", ".join(_fmt(r["best_loss"]) for r in runs)
                     + " | "
                     + ", ".join(_fmt(r["final_loss"]) for r in runs)
@@ -752,33 +793,34 @@ LR_MARKERS = ["o", "s", "^", "D", "v"]
 
 def _plot_sweep(results: dict[str, Any], path: Path) -> Path:
     depths = list(results["runs"]["plain"])
-    lrs = list(results["runs"]["plain"][depths[0]])
+    lrs = grid_values(results, "plain", "lr")
     markers = dict(zip(lrs, LR_MARKERS, strict=False))
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(19, 5.5))
+    fig, (left, by_lr, by_bias, right) = plt.subplots(1, 4, figsize=(25, 5.5))
     for family in FAMILIES:
         xs, ys = [], []
         for depth in depths:
             for i, lr in enumerate(lrs):
                 # a small horizontal offset per learning rate keeps the dots apart
                 x = int(depth) * 1.06 ** (i - (len(lrs) - 1) / 2)
-                for r in results["runs"][family][depth].get(lr, []):
-                    if r["best_loss"] is not None:
-                        left.scatter(
-                            x,
-                            r["best_loss"],
-                            edgecolors=COLOURS[family],
-                            facecolors="none" if r["diverged_at"] else COLOURS[family],
-                            alpha=0.6,
-                            marker=markers[lr],
-                            s=30,
-                        )
+                for cells in results["runs"][family][depth].values():
+                    for r in cells:
+                        if r["lr"] == lr and r["best_loss"] is not None:
+                            left.scatter(
+                                x,
+                                r["best_loss"],
+                                edgecolors=COLOURS[family],
+                                facecolors="none" if r["diverged_at"] else COLOURS[family],
+                                alpha=0.6,
+                                marker=markers[lr],
+                                s=30,
+                            )
             best = best_loss(results, family, depth)
             if best is not None:
                 xs.append(int(depth))
                 ys.append(best)
-        left.plot(xs, ys, "-", color=COLOURS[family], label=f"{family}: best lr and seed")
+        left.plot(xs, ys, "-", color=COLOURS[family], label=f"{family}: best setting and seed")
     for lr in lrs:
-        left.scatter([], [], marker=markers[lr], color="grey", label=f"lr {lr}")
+        left.scatter([], [], marker=markers[lr], color="grey", label=f"lr {lr:g}")
     left.scatter([], [], marker="o", facecolors="none", edgecolors="grey", label="diverged later")
     left.set(
         xscale="log",
@@ -793,10 +835,10 @@ def _plot_sweep(results: dict[str, Any], path: Path) -> Path:
     styles = ["-", "--", "-.", ":"] * 4
     for family in FAMILIES:
         for depth, style in zip(depths, styles, strict=False):
-            values = [best_loss(results, family, depth, lr) for lr in lrs]
-            shown = [(float(lr), v) for lr, v in zip(lrs, values, strict=True) if v is not None]
+            values = [best_loss(results, family, depth, lr=lr) for lr in lrs]
+            shown = [(lr, v) for lr, v in zip(lrs, values, strict=True) if v is not None]
             if shown:
-                middle.plot(
+                by_lr.plot(
                     *zip(*shown, strict=True),
                     style,
                     marker="o",
@@ -804,26 +846,38 @@ def _plot_sweep(results: dict[str, Any], path: Path) -> Path:
                     color=COLOURS[family],
                     label=f"{family} {depth}",
                 )
-    middle.axhline(math.log(10), color="grey", ls=":", label="chance (ln 10)")
-    middle.set(
-        xscale="log",
-        yscale="log",
-        xlabel="SGD learning rate",
-        ylabel="best training cross-entropy (best seed)",
-        title="the learning-rate grid (every depth and family)",
-    )
-    middle.set_xticks([float(lr) for lr in lrs], labels=lrs)
-    middle.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    middle.legend(ncol=2, fontsize=8)
+    biases = grid_values(results, "highway", "gate_bias")
+    for depth, style in zip(depths, styles, strict=False):
+        values = [best_loss(results, "highway", depth, gate_bias=b) for b in biases]
+        shown = [(b, v) for b, v in zip(biases, values, strict=True) if v is not None]
+        if shown:
+            by_bias.plot(
+                *zip(*shown, strict=True),
+                style,
+                marker="o",
+                ms=4,
+                color=COLOURS["highway"],
+                label=f"highway {depth}",
+            )
+    for ax, what in ((by_lr, "learning rate"), (by_bias, "initial gate bias")):
+        ax.axhline(math.log(10), color="grey", ls=":", label="chance (ln 10)")
+        ax.set(yscale="log", ylabel="best training cross-entropy (best seed)")
+        ax.set_title(f"the grid: best over the other settings, per {what}")
+        ax.legend(ncol=2, fontsize=8)
+    by_lr.set(xscale="log", xlabel="SGD learning rate")
+    by_lr.set_xticks(lrs, labels=[f"{lr:g}" for lr in lrs])
+    by_lr.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    by_bias.set(xlabel="initial transform-gate bias (highway nets)")
+    by_bias.set_xticks(biases, labels=[f"{b:g}" for b in biases])
     for family in FAMILIES:
         for depth, style in zip(depths, styles, strict=False):
-            lr = best_lr(results, family, depth)
-            if lr is None:
+            setting = best_setting(results, family, depth)
+            if setting is None:
                 continue
-            run = results["runs"][family][depth][lr][0]
+            run = results["runs"][family][depth][setting][0]
             if run["curve"]:
                 steps, losses = zip(*run["curve"], strict=True)
-                label = f"{family} {depth}, lr {lr}" + (
+                label = f"{family} {depth}, {setting}" + (
                     f" (diverged at step {run['diverged_at']})" if run["diverged_at"] else ""
                 )
                 right.plot(steps, losses, style, color=COLOURS[family], label=label)
@@ -831,10 +885,10 @@ def _plot_sweep(results: dict[str, Any], path: Path) -> Path:
         yscale="log",
         xlabel="SGD step",
         ylabel="training cross-entropy (running mean)",
-        title="training curves at the best lr (seed 0)",
+        title="training curves at the best setting (seed 0)",
     )
     right.set_ylim(top=20)  # room above the curves for the legend
-    right.legend(ncol=2, fontsize=8)
+    right.legend(ncol=2, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -844,7 +898,10 @@ def _plot_sweep(results: dict[str, Any], path: Path) -> Path:
 def _source_short(results: dict[str, Any]) -> str:
     source = results["analysis_source"]
     if source["recipe"] == "grid":
-        return f"best run of the SGD grid: lr {source['lr']:g}, seed {source['seed']}"
+        return (
+            f"best run of the SGD grid: lr {source['lr']:g}, gate bias "
+            f"{source['gate_bias']:g}, seed {source['seed']}"
+        )
     return (
         f"grid runs all failed; trained with the zoo's {source['optimizer']} recipe, "
         f"lr {source['lr']:g}, best loss {_fmt(source['best_loss'])}"
@@ -864,7 +921,8 @@ def _plot_gates(results: dict[str, Any], path: Path) -> Path:
     ax.set(
         xlabel="unit",
         ylabel="layer",
-        title=f"transform-gate bias after training (init {results['gate_bias']:g})",
+        title="transform-gate bias after training "
+        f"(init {results['analysis_source']['gate_bias']:g})",
     )
     ax = axes[0, 1]
     ax.plot(layers, gates["mean"], "o-", ms=3, label="mean gate output")

@@ -19,6 +19,7 @@ EXPERIMENTS: dict[str, str] = {
     "bn": "zoo.experiments.bn",
     "selu": "zoo.experiments.selu",
     "highway": "zoo.experiments.highway",
+    "methods": "zoo.experiments.methods",
 }
 
 

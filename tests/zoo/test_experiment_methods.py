@@ -86,6 +86,13 @@ def test_wilcoxon_p_values_known_exactly() -> None:
     assert exp.wilcoxon_p(best, best) == 1.0
 
 
+def test_the_order_is_compared_with_the_papers_by_spearmans_rank_correlation() -> None:
+    assert exp.order_agreement(list(exp.METHODS)) == pytest.approx(1.0)
+    assert exp.order_agreement(list(reversed(exp.METHODS))) == pytest.approx(-1.0)
+    # Only the methods present count: SNN and BatchNorm swapped is a full reversal.
+    assert exp.order_agreement(["BatchNorm", "SNN"]) == pytest.approx(-1.0)
+
+
 def test_selection_prefers_a_run_that_did_not_diverge_then_error_then_loss() -> None:
     cells = [
         {"diverged_at": 3, "validation_error": 0.0, "validation_loss": None},
@@ -228,7 +235,7 @@ def test_a_small_run_is_complete_and_resumed_from_its_cells(tmp_path: Path) -> N
     assert sorted(r["method"] for r in table["rows"]) == sorted(exp.METHODS)
     assert all(math.isclose(sum(r), 28) for r in table["ranks"].values())  # 1 + ... + 7
     lines = exp.verdicts(results)
-    assert [line[:3] for line in lines] == ["(a)", "(b)", "(c)", "(d)"]
+    assert [line[:3] for line in lines] == ["(a)", "(b)", "(c)", "(d)", "(e)"]
     text = exp.report(results)
     assert "| SNN |" in text and "p (tasks)" in text
     figures = exp.plot(results, TINY, tmp_path)

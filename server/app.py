@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from server import health
 from server.core import InferenceCore
@@ -29,6 +30,7 @@ from server.metrics import MetricsServer
 from server.security import TokenAuthInterceptor, server_credentials
 from server.servicer import SERVICE, InferenceServicer, add_to_server
 from server.settings import ServeSettings
+from server.workers import Peers, WorkerRole, replay_journal
 from zoo.errors import FailedPreconditionError
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,15 @@ STOP_MARGIN_S = 2.0
 
 
 class ZooServer:
-    """A built server: `start()` loads the repository and listens; `stop()` drains."""
+    """A built server: `start()` loads the repository and listens; `stop()` drains.
 
-    def __init__(self, settings: ServeSettings) -> None:
+    With a `role`, one worker of several sharing the port (server.supervisor): the port
+    is bound with SO_REUSEPORT, and a private Unix socket reaches the worker's peers.
+    """
+
+    def __init__(self, settings: ServeSettings, role: WorkerRole | None = None) -> None:
         self.settings = settings
+        self.role = role
         self.health = health.Health()
         self.core = InferenceCore(settings, on_change=self._model_changed)
         limit = settings.max_message_mb * 1024 * 1024
@@ -53,13 +60,18 @@ class ZooServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                # Without this a second server silently shares a port that is in use.
-                ("grpc.so_reuseport", 0),
+                # Without this a second server silently shares a port that is in use;
+                # the workers of one supervisor share theirs on purpose.
+                ("grpc.so_reuseport", int(role is not None)),
             ],
             interceptors=interceptors,
             maximum_concurrent_rpcs=settings.max_in_flight,
         )
-        add_to_server(InferenceServicer(self.core), self.grpc)
+        peers = None
+        if role is not None:
+            peers = Peers(role, token.get_secret_value() if token is not None else None)
+            self.grpc.add_insecure_port(role.address)  # in the supervisor's 0700 folder
+        add_to_server(InferenceServicer(self.core, peers), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
@@ -80,37 +92,17 @@ class ZooServer:
     def _model_changed(self, name: str, ready: bool) -> None:
         self.health.set(name, health.SERVING if ready else health.NOT_SERVING)
 
-    def _metrics_tls(self) -> ssl.SSLContext | None:
-        """The gRPC port's TLS settings, for the metrics port: one policy for both."""
-        cert, key, client_ca = (
-            self.settings.tls_cert,
-            self.settings.tls_key,
-            self.settings.tls_client_ca,
-        )
-        if cert is None or key is None:
-            return None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        if client_ca is not None:
-            context.load_verify_locations(client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
-
     @property
     def metrics_port(self) -> int | None:
         return self.metrics.server_port if self.metrics is not None else None
 
     def start(self) -> None:
-        if self.settings.metrics_port >= 0:
-            host, port = self.settings.host, self.settings.metrics_port
-            try:
-                self.metrics = self.core.metrics.serve(host, port, self._metrics_tls())
-            except OSError as error:
-                raise FailedPreconditionError(
-                    f"cannot serve metrics on {host}:{port} ({error.strerror}): "
-                    "pick another --metrics-port, or -1 for none"
-                ) from None
+        self.metrics = serve_metrics(self.settings, self.core.metrics.registry)
         self.core.start()
+        if self.role is not None:
+            replay_journal(
+                self.role, lambda r: self.core.load(r.model_name, r.parameters), self.core.unload
+            )
         if not self.core.manager.index():
             log.warning("the repository %s holds no model folder", self.settings.repository)
         self.grpc.start()
@@ -137,13 +129,44 @@ class ZooServer:
         return stopped
 
 
-def create_server(settings: ServeSettings) -> ZooServer:
-    return ZooServer(settings)
+def _metrics_tls(settings: ServeSettings) -> ssl.SSLContext | None:
+    """The gRPC port's TLS settings, for the metrics port: one policy for both."""
+    cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
+    if cert is None or key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
-def serve(settings: ServeSettings, on_ready: Callable[[ZooServer], None] = lambda s: None) -> int:
+def serve_metrics(settings: ServeSettings, registry: CollectorRegistry) -> MetricsServer | None:
+    """/metrics of `registry` on --metrics-port (None when it is -1)."""
+    if settings.metrics_port < 0:
+        return None
+    host, port = settings.host, settings.metrics_port
+    try:
+        return MetricsServer.serve(registry, host, port, _metrics_tls(settings))
+    except OSError as error:
+        raise FailedPreconditionError(
+            f"cannot serve metrics on {host}:{port} ({error.strerror}): "
+            "pick another --metrics-port, or -1 for none"
+        ) from None
+
+
+def create_server(settings: ServeSettings, role: WorkerRole | None = None) -> ZooServer:
+    return ZooServer(settings, role)
+
+
+def serve(
+    settings: ServeSettings,
+    on_ready: Callable[[ZooServer], None] = lambda s: None,
+    role: WorkerRole | None = None,
+) -> int:
     """Run until SIGTERM or SIGINT, then stop gracefully; the exit status is 0."""
-    server = create_server(settings)
+    server = create_server(settings, role)
     stopping = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:

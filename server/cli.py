@@ -9,19 +9,26 @@ import sys
 
 from server.app import ZooServer, serve
 from server.settings import ServeSettings
+from server.supervisor import Supervisor, supervise
 from zoo.settings import add_settings_arguments, settings_from_args
 
 log = logging.getLogger(__name__)
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors."""
+    """One JSON object per line, for log collectors; `worker` names the process of
+    several (zoo serve --processes N) that wrote it."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = {} if worker is None else {"worker": worker}
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
+            **self._worker,
             "message": record.getMessage(),
         }
         if record.exc_info:
@@ -29,19 +36,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(log_format: str, level: str) -> None:
+def configure_logging(log_format: str, level: str, worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        who = "" if worker is None else f"worker {worker} "
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
+        )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-def _announce(server: ZooServer) -> None:
+def _announce(server: ZooServer | Supervisor) -> None:
     # The one line of CLI output: scripts and tests read the bound ports from it.
     metrics = f", metrics on port {server.metrics_port}" if server.metrics_port else ""
-    print(f"zoo serve: ready on {server.settings.host}:{server.port}{metrics}", flush=True)
+    processes = f" ({server.count} processes)" if isinstance(server, Supervisor) else ""
+    print(
+        f"zoo serve: ready on {server.settings.host}:{server.port}{metrics}{processes}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,4 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(ServeSettings, parser.parse_args(argv))
     configure_logging(settings.log_format, settings.log_level)
     log.info("settings: %s", settings.model_dump_json())
+    if settings.processes > 1:
+        return supervise(settings, on_ready=_announce)
     return serve(settings, on_ready=_announce)

@@ -55,18 +55,17 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "zoo_inference_in_flight", "Requests being served", labels, registry=self.registry
+            "zoo_inference_in_flight",
+            "Requests being served",
+            labels,
+            registry=self.registry,
+            # With several worker processes (prometheus_client's multiprocess mode): the
+            # sum over the live ones. Ignored in one process.
+            multiprocess_mode="livesum",
         )
 
     def for_model(self, name: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, name, version)
-
-    def serve(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> MetricsServer:
-        """Serve /metrics (over TLS with `tls`) on a daemon thread."""
-        handler = type("Handler", (MetricsHandler,), {"registry": self.registry, "timeout": 5.0})
-        server = MetricsServer((host, port), handler, tls)
-        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-        return server
 
 
 class ModelMetrics:
@@ -91,6 +90,16 @@ class MetricsServer(ThreadingHTTPServer):
 
     MAX_CONNECTIONS = 8
     daemon_threads = True
+
+    @classmethod
+    def serve(
+        cls, registry: CollectorRegistry, host: str, port: int, tls: ssl.SSLContext | None = None
+    ) -> MetricsServer:
+        """Serve /metrics of `registry` (over TLS with `tls`) on a daemon thread."""
+        handler = type("Handler", (MetricsHandler,), {"registry": registry, "timeout": 5.0})
+        server = cls((host, port), handler, tls)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        return server
 
     def __init__(
         self, address: tuple[str, int], handler: type[MetricsHandler], tls: ssl.SSLContext | None

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError, Message
 from proto import grpc_service_pb2 as pb
 from proto.grpc_service_pb2_grpc import GRPCInferenceServiceServicer
 from server.core import InferenceCore
+from server.workers import Peers, is_local_call, merge_statistics
 from zoo.errors import InvalidArgumentError, ZooError
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,15 @@ class _StreamCall:
 
 
 class InferenceServicer(GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore) -> None:
+    """`peers`: the other worker processes of one `zoo serve --processes N`, whose
+    statistics are summed with ours and who load and unload what we do."""
+
+    def __init__(self, core: InferenceCore, peers: Peers | None = None) -> None:
         self._core = core
+        self._peers = peers
+
+    def _fan_out(self, context: grpc.ServicerContext) -> Peers | None:
+        return None if self._peers is None or is_local_call(context) else self._peers
 
     @_translated
     def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -225,9 +233,11 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @_translated
     def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: Any
+        self, request: pb.ModelStatisticsRequest, context: grpc.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        return self._core.statistics(request.name, request.version)
+        reply = self._core.statistics(request.name, request.version)
+        peers = self._fan_out(context)
+        return reply if peers is None else merge_statistics([reply, *peers.statistics(request)])
 
     @_translated
     def RepositoryIndex(
@@ -237,14 +247,18 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @_translated
     def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context: Any
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
         self._core.load(request.model_name, request.parameters)
+        if (peers := self._fan_out(context)) is not None:
+            peers.load(request)
         return pb.RepositoryModelLoadResponse()
 
     @_translated
     def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: Any
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         self._core.unload(request.model_name)
+        if (peers := self._fan_out(context)) is not None:
+            peers.unload(request)
         return pb.RepositoryModelUnloadResponse()

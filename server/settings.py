@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -77,10 +78,21 @@ class ServeSettings(ZooSettings):
         description="require 'authorization: Bearer TOKEN' on every RPC but health checks "
         "(prefer env ZOO_AUTH_TOKEN: flags show in ps)",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        description="server processes sharing the ports with SO_REUSEPORT, each with its "
+        "own sessions; auto is one per CPU",
+    )
     grace: float = Field(10.0, ge=0, description="seconds in-flight requests get on SIGTERM")
     max_message_mb: int = Field(64, ge=1, description="largest gRPC message, in MiB, each way")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _auto_processes(cls, value: object) -> object:
+        return (os.cpu_count() or 1) if value == "auto" else value
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca")
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -11,7 +10,7 @@ import grpc
 import numpy as np
 
 from client import protocol
-from client.base import Attempts, ClientBase
+from client.base import ClientBase, failure
 from client.images import ImageLike, load_images
 from client.prediction import Prediction
 from proto import grpc_service_pb2 as pb
@@ -30,7 +29,7 @@ class AsyncZooClient(ClientBase):
     _grpc = grpc.aio
 
     async def close(self) -> None:
-        await asyncio.gather(*(channel.close() for channel in self._channels))
+        await self.channel.close()
 
     async def __aenter__(self) -> AsyncZooClient:
         return self
@@ -41,20 +40,15 @@ class AsyncZooClient(ClientBase):
         await self.close()
 
     async def _run(self, call: protocol.Call[T], timeout: float | None = None) -> T:
-        attempts = Attempts(self.connection, call, timeout)
-        for backoff in attempts:
-            if backoff:
-                await asyncio.sleep(backoff)
-            target, stub = self._stubs.next()
-            try:
-                reply = await getattr(stub, call.rpc)(
-                    call.request, timeout=attempts.remaining(), metadata=self.connection.metadata
-                )
-            except grpc.RpcError as error:
-                attempts.failed(error, target)
-                continue
-            return call.parse(reply)
-        raise attempts.exhausted()
+        try:
+            reply = await getattr(self._stub, call.rpc)(
+                call.request,
+                timeout=timeout or self.connection.timeout_s,
+                metadata=self.connection.metadata,
+            )
+        except grpc.RpcError as error:
+            raise failure(error, self.connection) from None
+        return call.parse(reply)
 
     async def is_server_live(self) -> bool:
         return await self._run(protocol.server_live())

@@ -1,10 +1,9 @@
-"""What `ZooClient` and `AsyncZooClient` share: construction, channels, retry rules."""
+"""What `ZooClient` and `AsyncZooClient` share: construction, the channel, errors."""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,11 +14,11 @@ from client.channel import (
     DEFAULT_TIMEOUT_S,
     Connection,
     RetryPolicy,
-    RoundRobin,
     parse_targets,
     read_pem,
+    resolve_endpoints,
 )
-from client.errors import RETRYABLE_CODES, InferenceServerException
+from client.errors import InferenceServerException
 from proto import grpc_service_pb2_grpc as pb_grpc
 from zoo.errors import InvalidArgumentError
 
@@ -41,8 +40,10 @@ def make_connection(
     """Validate the keyword options both clients take into one `Connection`."""
     if (certificate_chain is None) != (private_key is None):
         raise InvalidArgumentError("certificate_chain and private_key go together")
+    targets = parse_targets(url or "")
     return Connection(
-        targets=parse_targets(url or ""),
+        targets=targets,
+        endpoints=resolve_endpoints(targets),
         timeout_s=timeout,
         tls=tls,
         root_certificates=read_pem(root_certificates, "root_certificates", "CERTIFICATE"),
@@ -55,14 +56,15 @@ def make_connection(
 
 
 class ClientBase:
-    """Channels to every address, stubs handed out round-robin, and a cache of served models.
+    """One channel balanced over every address (client.channel), and a cache of served
+    models.
 
     `url` is HOST:PORT, several comma-separated, or a sequence of them. `timeout` is every
     call's deadline in seconds; `tls` (with `root_certificates`, a PEM path or bytes, and
     `server_name` to override the name checked) encrypts; `certificate_chain` and
     `private_key` (PEM paths or bytes, both or neither) are the certificate this client
     presents to a server that demands one (mutual TLS; they imply `tls`); `token` is sent
-    as a bearer token; `retry` governs the backoff for UNAVAILABLE. A prebuilt
+    as a bearer token; `retry` is grpc's retry policy for UNAVAILABLE. A prebuilt
     `connection` replaces them all.
     """
 
@@ -87,9 +89,8 @@ class ClientBase:
             certificate_chain=certificate_chain, private_key=private_key,
             server_name=server_name, token=token, retry=retry,
         )  # fmt: skip
-        self._channels = [self._open(target) for target in self.connection.targets]
-        stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self._channels]
-        self._stubs = RoundRobin(list(zip(self.connection.targets, stubs, strict=True)))
+        self.channel = self._open(self.connection.channel_target)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         # Card and batch limit are fetched once per (model, version): they do not change
         # while a version is served, and refetching would double every infer's round trips.
         self._models: dict[tuple[str, str], protocol.ServedModel] = {}
@@ -99,11 +100,6 @@ class ClientBase:
         for key in [key for key in self._models if key[0] == model]:
             del self._models[key]
 
-    @property
-    def channels(self) -> list[Any]:
-        """The open channels, one per address (for raw RPCs, as the load generator sends)."""
-        return list(self._channels)
-
     def _open(self, target: str) -> Any:
         credentials = self.connection.credentials()
         if credentials is None:
@@ -111,44 +107,6 @@ class ClientBase:
         return self._grpc.secure_channel(target, credentials, options=self.connection.options())
 
 
-class Attempts:
-    """The tries of one call: a backoff before each, one deadline across all, the last error.
-
-    attempts = Attempts(connection, call, timeout)
-    for backoff in attempts:
-        sleep(backoff); try: send(timeout=attempts.remaining()) ...
-        except grpc.RpcError as error: attempts.failed(error, target)
-    raise attempts.exhausted()
-    """
-
-    def __init__(
-        self, connection: Connection, call: protocol.Call[Any], timeout: float | None
-    ) -> None:
-        self.timeout = timeout or connection.timeout_s
-        self.deadline = time.monotonic() + self.timeout
-        self.rpc = call.rpc
-        self._backoffs = connection.retry.backoffs(call.idempotent)
-        self.last: InferenceServerException | None = None
-
-    def __iter__(self) -> Iterator[float]:
-        for backoff in self._backoffs:
-            if time.monotonic() + backoff >= self.deadline:
-                return
-            yield backoff
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def failed(self, error: grpc.RpcError, target: str) -> None:
-        """Remember a retryable failure; raise any other at once."""
-        self.last = InferenceServerException.from_rpc_error(error, target)
-        if error.code() not in RETRYABLE_CODES:
-            raise self.last from None
-        log.debug("%s on %s: %s; retrying", self.rpc, target, self.last)
-
-    def exhausted(self) -> InferenceServerException:
-        if self.last is not None:
-            return self.last
-        return InferenceServerException(
-            grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.rpc}: no reply within {self.timeout:g} s"
-        )
+def failure(error: grpc.RpcError, connection: Connection) -> InferenceServerException:
+    """A failed call's error, naming the addresses it went to."""
+    return InferenceServerException.from_rpc_error(error, connection.display)

@@ -6,9 +6,6 @@ import grpc
 
 from zoo.errors import ZooError
 
-# Status codes that a retry may cure: the server is starting, restarting or unreachable.
-RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
-
 
 class InferenceServerException(ZooError):
     """A call the server refused or could not answer (named as in tritonclient).

@@ -10,6 +10,7 @@ code), live progress on stderr while running, and writes JSON with `--output`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,11 +23,12 @@ import numpy as np
 from pydantic import Field
 from tqdm import tqdm
 
-from client.channel import NO_RETRIES
+from client.channel import NO_RETRIES, Connection
 from client.cli import OneLineParser
+from client.errors import InferenceServerException
 from client.loadgen import GeneratorJob, Progress, run_generators, split_load
 from client.protocol import ModelMetadata, build_infer_request, dtype_of
-from client.report import format_table, write_plot
+from client.report import format_endpoints, format_table, write_plot
 from client.settings import ClientSettings
 from client.stats import summarise
 from client.sync import ZooClient
@@ -70,6 +72,11 @@ class LoadSettings(ClientSettings):
     plot: Path | None = Field(None, description="write a latency-against-throughput PNG here")
     progress: bool = Field(True, description="show live progress on stderr")
     seed: int = Field(0, description="seed of the random payloads and Poisson arrivals")
+    retry: bool = Field(
+        False,
+        description="let grpc retry UNAVAILABLE (a replica down or draining) as clients do; "
+        "off, each counts as an error",
+    )
 
 
 def plan_loads(settings: LoadSettings) -> list[tuple[int | None, float | None]]:
@@ -168,8 +175,9 @@ def run_one(
     settings: LoadSettings, requests: tuple[bytes, ...], concurrency: int | None, rate: float | None
 ) -> dict[str, Any]:
     processes = settings.processes or default_processes(concurrency, rate)
-    # A load test counts failures; retrying would hide them.
-    connection = settings.connection(retry=NO_RETRIES)
+    # By default a load test counts failures: retrying would hide them.
+    connection = settings.connection(retry=None if settings.retry else NO_RETRIES)
+    before = served_requests(connection, settings.model)
     end_s = settings.warmup + settings.duration
     jobs = [
         GeneratorJob(i, connection, requests, end_s, c, r, offset, settings.poisson, settings.seed)
@@ -178,6 +186,7 @@ def run_one(
     label = f"concurrency {concurrency}" if concurrency else f"rate {rate:g}/s"
     with LiveProgress(settings, label) as progress:
         records = run_generators(jobs, progress)
+    after = served_requests(connection, settings.model)
     summary = summarise(
         records, warmup_s=settings.warmup, duration_s=settings.duration, batch=settings.batch
     )
@@ -198,7 +207,41 @@ def run_one(
         "processes": len(jobs),
         "duration_s": settings.duration,
         **summary,
+        # Warm-up included; None for an address that could not say (down at an end).
+        "requests_by_endpoint": {e: _difference(after[e], before[e]) for e in after},
     }
+
+
+def _difference(after: int | None, before: int | None) -> int | None:
+    return None if after is None or before is None else after - before
+
+
+def served_requests(connection: Connection, model: str) -> dict[str, int | None]:
+    """Requests each of several addresses has answered for `model`, from its statistics
+    (grpc does not tell which address served a call); None where it cannot answer. Empty
+    for one address."""
+    if len(connection.endpoints) < 2:
+        return {}
+    counts: dict[str, int | None] = {}
+    host = connection.server_name or connection.targets[0].rpartition(":")[0].strip("[]")
+    for endpoint in connection.endpoints:
+        alone = dataclasses.replace(
+            connection,
+            targets=(endpoint,),
+            endpoints=(endpoint,),
+            server_name=host,  # the name TLS checks: the one the user gave
+            retry=NO_RETRIES,
+        )
+        try:
+            with ZooClient(connection=alone) as client:
+                stats = client.get_inference_statistics(model).model_stats
+        except InferenceServerException:
+            counts[endpoint] = None
+            continue
+        counts[endpoint] = sum(
+            s.inference_stats.success.count + s.inference_stats.fail.count for s in stats
+        )
+    return counts
 
 
 class LiveProgress:
@@ -242,6 +285,9 @@ def main(argv: list[str]) -> int:
     requests = build_requests(settings, metadata)
     runs = [run_one(settings, requests, concurrency, rate) for concurrency, rate in loads]
     print(format_table(runs))
+    for run in runs:
+        if run["requests_by_endpoint"]:
+            print(format_endpoints(run))
     report = {
         "model": settings.model,
         "version": settings.version,

@@ -32,8 +32,6 @@ class Call(Generic[T]):
     rpc: str
     request: Any
     parse: Callable[[Any], T]
-    # Only idempotent calls are retried on UNAVAILABLE: resending them cannot do harm.
-    idempotent: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,12 +124,12 @@ def load_model(name: str) -> Call[None]:
     # Not retried: the server may have acted before the connection failed, and a second
     # load reloads the model.
     request = pb.RepositoryModelLoadRequest(model_name=name)
-    return Call("RepositoryModelLoad", request, _nothing, idempotent=False)
+    return Call("RepositoryModelLoad", request, _nothing)
 
 
 def unload_model(name: str) -> Call[None]:
     request = pb.RepositoryModelUnloadRequest(model_name=name)
-    return Call("RepositoryModelUnload", request, _nothing, idempotent=False)
+    return Call("RepositoryModelUnload", request, _nothing)
 
 
 def list_models() -> Call[list[ModelStatus]]:

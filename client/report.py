@@ -41,6 +41,17 @@ def format_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_endpoints(run: dict[str, Any]) -> str:
+    """Requests each address answered during one run (from its statistics)."""
+    load = f"c={run['concurrency']}" if run["concurrency"] else f"{run['rate']:g}/s"
+    lines = [f"requests by address ({load}, warm-up included):"]
+    for endpoint, count in run["requests_by_endpoint"].items():
+        lines.append(
+            f"  {endpoint:<40} {'unknown (it did not answer)' if count is None else f'{count:,}'}"
+        )
+    return "\n".join(lines)
+
+
 def write_plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     """Latency percentiles against achieved throughput: one point per run, labelled by its load."""
     import matplotlib

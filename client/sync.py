@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -11,7 +10,7 @@ import grpc
 import numpy as np
 
 from client import protocol
-from client.base import Attempts, ClientBase
+from client.base import ClientBase, failure
 from client.images import ImageLike, load_images
 from client.prediction import Prediction
 from proto import grpc_service_pb2 as pb
@@ -26,14 +25,13 @@ class ZooClient(ClientBase):
         with ZooClient("127.0.0.1:8001") as client:
             prediction = client.infer("bn_cnn", "digit.png", top_k=3)
 
-    Every call has a deadline (`timeout` seconds, per call overridable); UNAVAILABLE is
-    retried for idempotent calls (all but load_model and unload_model) with exponential
-    backoff, on the next address, within that deadline.
+    Every call has a deadline (`timeout` seconds, per call overridable); grpc balances
+    calls over the healthy addresses and retries UNAVAILABLE for idempotent calls (all
+    but load_model and unload_model) with exponential backoff, within that deadline.
     """
 
     def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
+        self.channel.close()
 
     def __enter__(self) -> ZooClient:
         return self
@@ -42,20 +40,15 @@ class ZooClient(ClientBase):
         self.close()
 
     def _run(self, call: protocol.Call[T], timeout: float | None = None) -> T:
-        attempts = Attempts(self.connection, call, timeout)
-        for backoff in attempts:
-            if backoff:
-                time.sleep(backoff)
-            target, stub = self._stubs.next()
-            try:
-                reply = getattr(stub, call.rpc)(
-                    call.request, timeout=attempts.remaining(), metadata=self.connection.metadata
-                )
-            except grpc.RpcError as error:
-                attempts.failed(error, target)
-                continue
-            return call.parse(reply)
-        raise attempts.exhausted()
+        try:
+            reply = getattr(self._stub, call.rpc)(
+                call.request,
+                timeout=timeout or self.connection.timeout_s,
+                metadata=self.connection.metadata,
+            )
+        except grpc.RpcError as error:
+            raise failure(error, self.connection) from None
+        return call.parse(reply)
 
     # tritonclient-style calls, returning protobuf replies or plain values.
     def is_server_live(self) -> bool:

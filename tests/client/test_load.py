@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,43 @@ def test_soak_a_minute_of_load_without_errors_or_growth(
     assert _rss_mb(server.process.pid) - settled < 50, "server memory grew under steady load"
     with ZooClient(server.address) as client:
         assert client.is_server_ready()
+
+
+def _served(address: str, model: str) -> int:
+    with ZooClient(address) as client:
+        stats = client.get_inference_statistics(model).model_stats
+    return sum(s.inference_stats.success.count for s in stats)
+
+
+def test_a_replica_killed_mid_run_costs_no_request(start_zoo_server, tiny_repository, tmp_path):
+    """Three servers behind one `zoo load --retry`: one is killed while the load runs.
+    grpc's health checking stops sending to it and its retry policy resends what it had
+    in flight, so no request fails; the other two go on serving, and the report counts
+    each address's requests (the killed one's: unknown)."""
+    servers = [start_zoo_server(tiny_repository) for _ in range(3)]
+    victim = servers[1]
+    out = tmp_path / "run.json"
+    command = [sys.executable, "-m", "zoo.cli", "load", "--model", "tiny_mlp", "--retry"]
+    command += ["--url", ",".join(s.address for s in servers), "--concurrency", "8"]
+    command += ["--duration", "6", "--warmup", "0", "--output", str(out), "--no-progress"]
+    load = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # Kill it once it has served a share of the load, so that it has calls in flight.
+        deadline = time.monotonic() + 120
+        while _served(victim.address, "tiny_mlp") < 200:
+            assert load.poll() is None and time.monotonic() < deadline, "the load never reached it"
+        victim.process.send_signal(signal.SIGKILL)
+        at_kill = [_served(s.address, "tiny_mlp") for s in (servers[0], servers[2])]
+        stdout, stderr = load.communicate(timeout=180)
+    finally:
+        if load.poll() is None:
+            load.kill()
+    assert load.returncode == 0, stderr
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["errors"] == {}
+    by_endpoint = run["requests_by_endpoint"]
+    assert list(by_endpoint) == [s.address for s in servers]
+    assert by_endpoint[victim.address] is None
+    after = [_served(s.address, "tiny_mlp") for s in (servers[0], servers[2])]
+    assert all(a > k for a, k in zip(after, at_kill, strict=True))  # served on after the kill
+    assert "requests by address" in stdout.decode() and "unknown" in stdout.decode()

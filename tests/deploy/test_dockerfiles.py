@@ -1,0 +1,165 @@
+"""deploy/Dockerfile and deploy/Dockerfile.cuda, without a Docker engine: their
+instructions parsed and checked against the project, and the CPU image's exact
+ENTRYPOINT + CMD + ENV run here, with only the packages the image installs importable,
+answering tritonclient."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest's own dependency on Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+IMAGES = ("Dockerfile", "Dockerfile.cuda")
+# What differs between the two images' final stages: the CUDA libraries' loader path and
+# the NVIDIA container toolkit's settings.
+CUDA_ONLY_ENV = {"LD_LIBRARY_PATH", "NVIDIA_DRIVER_CAPABILITIES"}
+
+
+def project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def project_requirements() -> dict[str, Requirement]:
+    requirements = (Requirement(r) for r in project()["dependencies"])
+    return {canonicalize_name(r.name): r for r in requirements}
+
+
+def serving_requirements() -> list[Requirement]:
+    lines = (DEPLOY / "requirements-serve.txt").read_text().splitlines()
+    return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def pinned_version(requirement: Requirement) -> str:
+    (spec,) = requirement.specifier
+    assert spec.operator == "==", f"{requirement}: an exact pin (==) expected"
+    return spec.version
+
+
+def onnxruntime_requirement(image) -> Requirement:
+    return Requirement(image.stages[0].args["ONNXRUNTIME"])
+
+
+def test_serving_requirements_are_pinned_project_dependencies() -> None:
+    wanted = project_requirements()
+    for requirement in serving_requirements():
+        name = canonicalize_name(requirement.name)
+        assert name in wanted, f"{name} is not a dependency in pyproject.toml"
+        version = pinned_version(requirement)
+        assert wanted[name].specifier.contains(version), f"{requirement} against {wanted[name]}"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_onnxruntime_build_satisfies_the_project(dockerfile, name: str) -> None:
+    # onnxruntime-gpu is the same `onnxruntime` module: the project's bound applies to it.
+    requirement = onnxruntime_requirement(dockerfile(name))
+    assert canonicalize_name(requirement.name) == (
+        "onnxruntime-gpu" if name.endswith(".cuda") else "onnxruntime"
+    )
+    assert project_requirements()["onnxruntime"].specifier.contains(pinned_version(requirement))
+    installs = " ".join(dockerfile(name).stages[0].runs)
+    assert "-r /tmp/requirements-serve.txt" in installs and '"${ONNXRUNTIME}"' in installs
+    assert "pip install --no-deps /src" in installs
+
+
+def setuptools_packages() -> set[str]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_image_copies_what_the_project_build_needs(dockerfile, name: str) -> None:
+    build = dockerfile(name).stages[0]
+    copied = {source for c in build.copies if c.dest.startswith("/src") for source in c.sources}
+    assert setuptools_packages() | {"pyproject.toml", project()["readme"]} <= copied
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_build_context_admits_every_copied_path(dockerfile, name: str) -> None:
+    # .dockerignore leaves everything out, then lets paths back in with "!".
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    rules = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*"
+    admitted = {rule[1:] for rule in rules if rule.startswith("!")}
+    for stage in dockerfile(name).stages:
+        for source in (s for c in stage.copies if c.from_stage is None for s in c.sources):
+            assert source in admitted, f"{name} copies {source}: .dockerignore leaves it out"
+            assert (ROOT / source).exists(), f"{name} copies {source}, which does not exist"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_image_bakes_the_repository_where_zoo_serve_looks(dockerfile, name: str) -> None:
+    final = dockerfile(name).final
+    (baked,) = [c.dest for c in final.copies if c.sources == ["model_repository"]]
+    assert final.env["ZOO_REPOSITORY"] == baked
+    assert final.entrypoint == ["zoo", "serve"]
+    assert final.expose == [8001, 8002]  # gRPC and metrics; no HTTP port yet
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_image_runs_as_a_numeric_non_root_user(dockerfile, name: str) -> None:
+    # Kubernetes' runAsNonRoot can only check a numeric user.
+    user, _, group = dockerfile(name).final.user.partition(":")
+    assert user.isdigit() and int(user) != 0
+    assert not group or (group.isdigit() and int(group) != 0)
+
+
+@pytest.mark.parametrize(("name", "device"), [("Dockerfile", "cpu"), ("Dockerfile.cuda", "cuda")])
+def test_image_command_is_what_zoo_serve_accepts(
+    dockerfile, parse_serve_args, name: str, device: str
+) -> None:
+    final = dockerfile(name).final
+    settings = parse_serve_args(final.cmd, final.env)
+    assert settings.device == device
+    assert (settings.host, settings.port, settings.metrics_port) == ("0.0.0.0", 8001, 8002)
+    assert str(settings.repository) == final.env["ZOO_REPOSITORY"]
+
+
+def test_images_differ_only_in_onnxruntime_and_device(dockerfile) -> None:
+    cpu, cuda = dockerfile("Dockerfile"), dockerfile("Dockerfile.cuda")
+    assert cpu.global_args == cuda.global_args
+    assert cpu.stages[0].runs == cuda.stages[0].runs
+    assert [c.sources for c in cpu.final.copies] == [c.sources for c in cuda.final.copies]
+    assert cpu.final.entrypoint == cuda.final.entrypoint and cpu.final.user == cuda.final.user
+    assert {k: v for k, v in cuda.final.env.items() if k not in CUDA_ONLY_ENV} == cpu.final.env
+    assert [a for a in cpu.final.cmd if a != "cpu"] == [a for a in cuda.final.cmd if a != "cuda"]
+
+
+def test_cuda_library_path_is_the_images_python(dockerfile) -> None:
+    # The CUDA wheels' folders sit in the venv's site-packages, named by Python's version.
+    image = dockerfile("Dockerfile.cuda")
+    python = re.match(r"python:(\d+\.\d+)", image.global_args["PYTHON_IMAGE"])
+    assert python is not None
+    for folder in image.final.env["LD_LIBRARY_PATH"].split(":"):
+        assert folder.startswith(f"/opt/venv/lib/python{python.group(1)}/site-packages/nvidia/")
+
+
+def test_cpu_image_command_serves_without_the_training_stack(
+    dockerfile,
+    start_container_command,
+    image_pythonpath,
+    infer_with_tritonclient,
+    repository_copy: Path,
+) -> None:
+    image = dockerfile("Dockerfile")
+    requirements = [str(r) for r in serving_requirements()]
+    requirements.append(str(onnxruntime_requirement(image)))
+    env = {k: v for k, v in image.final.env.items() if k != "PATH"}
+    env["ZOO_REPOSITORY"] = str(repository_copy)
+    # No --repository: the image's ZOO_REPOSITORY names it.
+    argv = image.final.entrypoint + image.final.cmd
+    server = start_container_command(argv, env, image_pythonpath(requirements))
+    report = infer_with_tritonclient(server.address, repository_copy)
+    assert report["ready"] and report["model_ready"], report
+    assert report["shape"] == [3, 10] and report["max_diff"] < 1e-5, report
+    assert server.stop() == 0, server.log()

@@ -357,7 +357,7 @@ def start_container_command(tmp_path: Path) -> Iterator[Callable[..., ContainerP
 def repository_copy(served_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository the image bakes in (the shipped one), at a KServe-like
     path; read-only for the tests."""
-    copy = tmp_path_factory.mktemp("mnt") / "models"
+    copy = tmp_path_factory.mktemp("pod") / "mnt" / "models"
     shutil.copytree(served_repository, copy)
     return copy
 

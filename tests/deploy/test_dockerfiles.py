@@ -163,3 +163,28 @@ def test_cpu_image_command_serves_without_the_training_stack(
     assert report["ready"] and report["model_ready"], report
     assert report["shape"] == [3, 10] and report["max_diff"] < 1e-5, report
     assert server.stop() == 0, server.log()
+
+
+@pytest.mark.gpu
+def test_cuda_image_command_serves_on_the_gpu(
+    dockerfile,
+    start_container_command,
+    image_pythonpath,
+    infer_with_tritonclient,
+    repository_copy: Path,
+) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDAExecutionProvider (needs onnxruntime-gpu)")
+    image = dockerfile("Dockerfile.cuda")
+    requirements = [str(r) for r in serving_requirements()]
+    requirements.append(str(onnxruntime_requirement(image)))
+    # The loader path names the image's venv; here the installed wheels find their own.
+    env = {k: v for k, v in image.final.env.items() if k not in {"PATH", "LD_LIBRARY_PATH"}}
+    env["ZOO_REPOSITORY"] = str(repository_copy)
+    argv = image.final.entrypoint + image.final.cmd  # --device cuda: no CPU fall-back
+    server = start_container_command(argv, env, image_pythonpath(requirements))
+    report = infer_with_tritonclient(server.address, repository_copy)
+    assert report["model_ready"] and report["max_diff"] < 1e-3, report
+    assert server.stop() == 0, server.log()

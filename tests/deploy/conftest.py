@@ -3,10 +3,12 @@ kubectl, manifests validated against Kubernetes' own schemas, and the exact comm
 container runs started here as a real process (as fixtures: importlib test mode cannot
 import helper modules).
 
-    def test_x(dockerfile, rendered, start_container_command):
-        image = dockerfile("Dockerfile")                 # final stage: entrypoint, cmd, env...
-        docs = rendered("k8s/overlays/cpu")              # kubectl kustomize, parsed
-        server = start_container_command(image.entrypoint + image.cmd, env, repository)
+    def test_x(dockerfile, rendered, image_pythonpath, start_container_command):
+        image = dockerfile("Dockerfile")          # .stages, .final: entrypoint, cmd, env...
+        docs = rendered("k8s/overlays/cpu")       # kubectl kustomize, parsed
+        server = start_container_command(
+            image.final.entrypoint + image.final.cmd, env, image_pythonpath(image)
+        )
 """
 
 from __future__ import annotations
@@ -34,9 +36,6 @@ from referencing import Registry, Resource
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-# The oldest Kubernetes the manifests are for (native gRPC probes are GA from 1.27) and
-# the newest whose schemas kubernetes-validate ships.
-KUBERNETES_VERSIONS = ("1.27", kubernetes_validate.latest_version())
 _READY = re.compile(r"ready on (\S+):(\d+)(?:, metrics on port (\d+))?")
 
 
@@ -272,11 +271,34 @@ def image_only_pythonpath(folder: Path, requirements: list[str]) -> Path:
     return folder
 
 
+def image_requirements(image: Dockerfile) -> list[str]:
+    """What the image's build stage installs: deploy/requirements-serve.txt and the
+    onnxruntime build its ONNXRUNTIME argument names."""
+    lines = (DEPLOY / "requirements-serve.txt").read_text().splitlines()
+    requirements = [line for line in lines if line.strip() and not line.startswith("#")]
+    return [*requirements, image.stages[0].args["ONNXRUNTIME"]]
+
+
 @pytest.fixture(scope="session")
-def image_pythonpath(tmp_path_factory: pytest.TempPathFactory) -> Callable[[list[str]], Path]:
-    return lambda requirements: image_only_pythonpath(
-        tmp_path_factory.mktemp("image_site"), requirements
+def image_pythonpath(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Dockerfile], Path]:
+    """image_pythonpath(image) -> a folder to put first on PYTHONPATH so that only what
+    `image` installs can be imported."""
+    return lambda image: image_only_pythonpath(
+        tmp_path_factory.mktemp("image_site"), image_requirements(image)
     )
+
+
+@pytest.fixture(scope="session")
+def container_env() -> Callable[..., dict[str, str]]:
+    """container_env(image, container=None) -> the image's ENV, then a Kubernetes
+    container's env, less PATH and the loader path (they name the image's venv)."""
+
+    def env(image: Dockerfile, container: dict[str, Any] | None = None) -> dict[str, str]:
+        variables = dict(image.final.env)
+        variables.update({e["name"]: e["value"] for e in (container or {}).get("env", [])})
+        return {k: v for k, v in variables.items() if k not in {"PATH", "LD_LIBRARY_PATH"}}
+
+    return env
 
 
 # --- a container's command, run here ------------------------------------------------------

@@ -109,9 +109,10 @@ def test_image_bakes_the_repository_where_zoo_serve_looks(dockerfile, name: str)
 @pytest.mark.parametrize("name", IMAGES)
 def test_image_runs_as_a_numeric_non_root_user(dockerfile, name: str) -> None:
     # Kubernetes' runAsNonRoot can only check a numeric user.
-    user, _, group = dockerfile(name).final.user.partition(":")
-    assert user.isdigit() and int(user) != 0
-    assert not group or (group.isdigit() and int(group) != 0)
+    final = dockerfile(name).final
+    user, _, group = final.user.partition(":")
+    assert user.isdigit() and int(user) != 0 and group.isdigit() and int(group) != 0
+    assert f"--uid {user} --gid {group}" in " ".join(final.runs)
 
 
 @pytest.mark.parametrize(("name", "device"), [("Dockerfile", "cpu"), ("Dockerfile.cuda", "cuda")])
@@ -146,19 +147,17 @@ def test_cuda_library_path_is_the_images_python(dockerfile) -> None:
 
 def test_cpu_image_command_serves_without_the_training_stack(
     dockerfile,
+    container_env,
     start_container_command,
     image_pythonpath,
     infer_with_tritonclient,
     repository_copy: Path,
 ) -> None:
     image = dockerfile("Dockerfile")
-    requirements = [str(r) for r in serving_requirements()]
-    requirements.append(str(onnxruntime_requirement(image)))
-    env = {k: v for k, v in image.final.env.items() if k != "PATH"}
-    env["ZOO_REPOSITORY"] = str(repository_copy)
     # No --repository: the image's ZOO_REPOSITORY names it.
+    env = {**container_env(image), "ZOO_REPOSITORY": str(repository_copy)}
     argv = image.final.entrypoint + image.final.cmd
-    server = start_container_command(argv, env, image_pythonpath(requirements))
+    server = start_container_command(argv, env, image_pythonpath(image))
     report = infer_with_tritonclient(server.address, repository_copy)
     assert report["ready"] and report["model_ready"], report
     assert report["shape"] == [3, 10] and report["max_diff"] < 1e-5, report
@@ -168,6 +167,7 @@ def test_cpu_image_command_serves_without_the_training_stack(
 @pytest.mark.gpu
 def test_cuda_image_command_serves_on_the_gpu(
     dockerfile,
+    container_env,
     start_container_command,
     image_pythonpath,
     infer_with_tritonclient,
@@ -178,13 +178,9 @@ def test_cuda_image_command_serves_on_the_gpu(
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has no CUDAExecutionProvider (needs onnxruntime-gpu)")
     image = dockerfile("Dockerfile.cuda")
-    requirements = [str(r) for r in serving_requirements()]
-    requirements.append(str(onnxruntime_requirement(image)))
-    # The loader path names the image's venv; here the installed wheels find their own.
-    env = {k: v for k, v in image.final.env.items() if k not in {"PATH", "LD_LIBRARY_PATH"}}
-    env["ZOO_REPOSITORY"] = str(repository_copy)
+    env = {**container_env(image), "ZOO_REPOSITORY": str(repository_copy)}
     argv = image.final.entrypoint + image.final.cmd  # --device cuda: no CPU fall-back
-    server = start_container_command(argv, env, image_pythonpath(requirements))
+    server = start_container_command(argv, env, image_pythonpath(image))
     report = infer_with_tritonclient(server.address, repository_copy)
     assert report["model_ready"] and report["max_diff"] < 1e-3, report
     assert server.stop() == 0, server.log()

@@ -80,6 +80,7 @@ def test_inference_service_names_the_runtime(load_yaml, parse_serve_args) -> Non
 def test_runtime_command_serves_a_kserve_model_mount(
     load_yaml,
     dockerfile,
+    container_env,
     start_container_command,
     image_pythonpath,
     infer_with_tritonclient,
@@ -89,17 +90,11 @@ def test_runtime_command_serves_a_kserve_model_mount(
     # content there, so a Triton-layout repository arrives as it is here.
     assert repository_copy.parts[-2:] == ("mnt", "models")
     image = dockerfile("Dockerfile")
-    env = {k: v for k, v in image.final.env.items() if k != "PATH"}
-    requirements = [
-        line
-        for line in (ROOT / "deploy/requirements-serve.txt").read_text().splitlines()
-        if line and not line.startswith("#")
-    ]
-    requirements.append(image.stages[0].args["ONNXRUNTIME"])
+    env = container_env(image)
     server = start_container_command(
         image.final.entrypoint + kserve_container(load_yaml)["args"],
         env,
-        image_pythonpath(requirements),
+        image_pythonpath(image),
         repository=repository_copy,
     )
     report = infer_with_tritonclient(server.address, repository_copy)

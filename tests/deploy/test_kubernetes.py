@@ -163,6 +163,7 @@ def health_status(address: str, service: str) -> int:
 def test_deployment_command_answers_its_probes_and_scrapes(
     rendered,
     dockerfile,
+    container_env,
     start_container_command,
     image_pythonpath,
     infer_with_tritonclient,
@@ -172,20 +173,11 @@ def test_deployment_command_answers_its_probes_and_scrapes(
     docs = rendered("k8s/overlays/cpu")
     deployment = the(docs, "Deployment")
     container = server_container(deployment)
-    env = {k: v for k, v in image.final.env.items() if k != "PATH"}
-    env.update({e["name"]: e["value"] for e in container.get("env", [])})
-    requirements = [
-        line
-        for line in (Path(__file__).parents[2] / "deploy/requirements-serve.txt")
-        .read_text()
-        .splitlines()
-        if line and not line.startswith("#")
-    ]
-    requirements.append(image.stages[0].args["ONNXRUNTIME"])
+    env = container_env(image, container)
     server = start_container_command(
         image.final.entrypoint + container["args"],
         env,
-        image_pythonpath(requirements),
+        image_pythonpath(image),
         repository=repository_copy,
     )
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):

@@ -19,7 +19,9 @@ EXPERIMENTS: dict[str, str] = {
     "bn": "zoo.experiments.bn",
     "selu": "zoo.experiments.selu",
     "highway": "zoo.experiments.highway",
+    "norms": "zoo.experiments.norms",
     "methods": "zoo.experiments.methods",
+    "gridlstm": "zoo.experiments.gridlstm",
 }
 
 

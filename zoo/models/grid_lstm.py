@@ -42,7 +42,7 @@ class GridLSTMConfig(ModelConfig):
 
 class GridLSTM3DConfig(ModelConfig):
     patch: int = Field(4, description="patch side in pixels; 28 must be a multiple")
-    hidden: int = 56
+    hidden: int = 55
     depth: int = Field(2, ge=1, description="layers along the depth axis, each its own weights")
 
 
@@ -200,5 +200,5 @@ def grid_lstm(config: GridLSTMConfig) -> GridLSTM:
     recipe=TrainRecipe(epochs=30, lr=2e-3, grad_clip=1.0, augment_shift=2),
 )
 def grid_lstm_3d(config: GridLSTM3DConfig) -> GridLSTM3D:
-    """3D Grid LSTM: 7x7 grid of 4x4 patches x 2 non-tied depth layers, hidden 56."""
+    """3D Grid LSTM: 7x7 grid of 4x4 patches x 2 non-tied depth layers, hidden 55."""
     return GridLSTM3D(config)

@@ -21,6 +21,7 @@ EXPERIMENTS: dict[str, str] = {
     "highway": "zoo.experiments.highway",
     "norms": "zoo.experiments.norms",
     "methods": "zoo.experiments.methods",
+    "gridlstm": "zoo.experiments.gridlstm",
 }
 
 

@@ -391,9 +391,7 @@ def report(results: dict[str, Any]) -> str:
             + " | ".join(_pct(a) for a in own.values())
             + " |"
         )
-    steps = " / ".join(
-        str(next(r["steps"] for r in results["runs"] if r["batch_size"] == b)) for b in sizes
-    )
+    steps = {r["batch_size"]: r["steps"] for r in results["runs"]}
     lines += [
         "",
         f"Steps per run at batch {'/'.join(map(str, sizes))}: "

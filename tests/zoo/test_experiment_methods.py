@@ -189,7 +189,9 @@ def test_each_method_is_what_it_is_named_for() -> None:
     assert all(isinstance(b.shortcut, nn.Identity) for b in blocks[1:])
 
 
-@pytest.mark.parametrize(("method", "gain"), [("SNN", 1.0), ("MSRAinit", 2.0), ("Highway", 2.0)])
+@pytest.mark.parametrize(
+    ("method", "gain"), [("SNN", 1.0), ("MSRAinit", 2.0), ("Highway", 2.0), ("WeightNorm", 2.0)]
+)
 def test_the_init_is_lecun_for_snn_and_he_for_the_relu_nets(method: str, gain: float) -> None:
     torch.manual_seed(0)
     model = exp.build_mnist_net(method, 4, CONFIG)

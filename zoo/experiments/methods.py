@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -298,10 +299,27 @@ def initialise(model: nn.Module, method: Method, config: Config) -> None:
     init = lecun_normal_ if method == "SNN" else he_normal_
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            init(module)
+            if nn.utils.parametrize.is_parametrized(module, "weight"):
+                _initialise_reparametrised(module, init)
+            else:
+                init(module)
     if isinstance(model, HighwayMLP):
         for layer in model.layers:
             nn.init.constant_(layer.gate.bias, config.gate_bias)
+
+
+def _initialise_reparametrised(linear: nn.Linear, init: Callable[[nn.Linear], None]) -> None:
+    """A weight-normalised layer's weight is computed from a magnitude g and a direction
+    v, so initialising `linear.weight` in place would change a temporary copy: a plain
+    Linear is initialised instead, and assigning its weight sets v to it and g to its
+    row norms (the reparametrisation's right inverse), so the layer starts with exactly
+    that weight."""
+    plain = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    init(plain)
+    with torch.no_grad():
+        linear.weight = plain.weight.detach()
+        if linear.bias is not None:
+            linear.bias.copy_(plain.bias)
 
 
 def build_mnist_net(method: Method, depth: int, config: Config) -> nn.Module:

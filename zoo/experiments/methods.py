@@ -690,7 +690,14 @@ def report(results: dict[str, Any]) -> str:
             f"| {r['rank_difference_to_best']:+.3f} | {_p(r['p_tasks'])} "
             f"| {_p(r['p_task_seeds'])} | {mean_depth(results, r['method']):.1f} |"
         )
+    picks = [c for by_method in results["chosen"].values() for c in by_method.values()]
     lines += [
+        "",
+        f"Where the selection sits in the grid: the largest learning rate "
+        f"({max(setup['lrs']):g}) in {sum(c['lr'] == max(setup['lrs']) for c in picks)} of "
+        f"{len(picks)} method-task pairs, the shallowest depth ({min(setup['depths'])}) in "
+        f"{sum(c['depth'] == min(setup['depths']) for c in picks)}, the deepest "
+        f"({max(setup['depths'])}) in {sum(c['depth'] == max(setup['depths']) for c in picks)}.",
         "",
         "### Test error per task (mean ± standard deviation over seeds; rank; chosen "
         "depth and learning rate)",

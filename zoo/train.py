@@ -125,10 +125,10 @@ def train(
     """Train; rank 0 alone (a single process is rank 0) measures and writes the run."""
     spec = get_spec(settings.model)
     recipe = resolve_recipe(spec, settings)
+    device = replicas.device(settings.device)
     out = settings.out or RUNS_DIR / spec.name
     if replicas.lead:
         make_output_folder(out)
-    device = replicas.device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)  # the same initial weights in every process

@@ -77,21 +77,14 @@ class History:
         return f"diverged at step {self.diverged_at}" if self.diverged else "finished"
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by a random whole number of pixels in [-max_shift, max_shift].
-
-    Pixels shifted in are zero (background), as at MNIST's borders.
-    """
-    return translate(x, draw_shifts(len(x), max_shift, generator))
-
-
 def draw_shifts(n: int, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """[n, 2] whole-pixel (x, y) shifts, uniform in [-max_shift, max_shift]."""
+    """[n, 2] random whole-pixel (x, y) shifts, uniform in [-max_shift, max_shift]."""
     return torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).float()
 
 
 def translate(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """Images [N, C, H, W] moved by `shifts` [N, 2] pixels, zeros shifted in."""
+    """Images [N, C, H, W] moved by `shifts` [N, 2] whole pixels. Pixels shifted in are
+    zero (background), as at MNIST's borders."""
     n = x.shape[0]
     theta = torch.zeros(n, 2, 3, device=x.device)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0

@@ -13,7 +13,7 @@ import torch
 
 from zoo.checkpoint import load_checkpoint, save_checkpoint
 from zoo.errors import CheckpointError
-from zoo.fit import random_shift
+from zoo.fit import draw_shifts, translate
 from zoo.models import list_models
 from zoo.train import TrainSettings, train
 
@@ -81,10 +81,10 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_random_shift_moves_whole_pixels() -> None:
+def test_random_shifts_move_whole_pixels() -> None:
     x = torch.zeros(64, 1, 28, 28)
     x[:, :, 14, 14] = 1.0
-    shifted = random_shift(x, 2, torch.Generator().manual_seed(0))
+    shifted = translate(x, draw_shifts(64, 2, torch.Generator().manual_seed(0)))
     assert torch.equal(shifted.sum(dim=(1, 2, 3)), torch.ones(64))  # one pixel moved, none lost
     rows, cols = shifted[:, 0].nonzero()[:, 1], shifted[:, 0].nonzero()[:, 2]
     assert rows.min() >= 12 and rows.max() <= 16 and cols.min() >= 12 and cols.max() <= 16

@@ -27,8 +27,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from zoo.errors import FailedPreconditionError, InvalidArgumentError
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 DeviceKind = Literal["cpu", "cuda"]
 
@@ -88,6 +86,7 @@ class Replicas:
         return self.rank == 0
 
     def device(self, kind: DeviceKind) -> str:
+        """This process's torch device: on CUDA, the GPU of its local rank."""
         if kind == "cpu":
             return "cpu"
         require_cuda_devices(self.local_size)
@@ -152,7 +151,9 @@ class Replicas:
         return bool(flags.item())
 
     def agree(self, model: nn.Module) -> bool:
-        """Whether every process holds bit-identical parameters (a collective)."""
+        """Whether every process holds bit-identical parameters (a collective). Not
+        buffers: on CPU each process's BatchNorm averages statistics of its own share
+        until DDP copies rank 0's buffers to all before the next step."""
         digest = hashlib.sha256()
         for parameter in model.parameters():
             digest.update(parameter.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from server import health
 from server.core import InferenceCore
+from server.http import HttpServer
 from server.metrics import MetricsServer
 from server.security import TokenAuthInterceptor, server_credentials
 from server.servicer import SERVICE, InferenceServicer, add_to_server
@@ -78,6 +79,8 @@ class ZooServer:
         )
         self.port = self._bind(settings.host, settings.port)
         self.metrics: MetricsServer | None = None
+        self.http = HttpServer(self.core, settings, peers) if settings.http_port >= 0 else None
+        self.http_port: int | None = None
 
     def _bind(self, host: str, port: int) -> int:
         cert, key = self.settings.tls_cert, self.settings.tls_key
@@ -98,6 +101,17 @@ class ZooServer:
 
     def start(self) -> None:
         self.metrics = serve_metrics(self.settings, self.core.metrics.registry)
+        if self.http is not None:
+            host, port = self.settings.host, self.settings.http_port
+            try:
+                self.http_port = self.http.start(
+                    host, port, tls_context(self.settings), reuse_port=self.role is not None
+                )
+            except OSError as error:
+                raise FailedPreconditionError(
+                    f"cannot serve HTTP on {host}:{port} ({error.strerror}): "
+                    "pick another --http-port, or -1 for none"
+                ) from None
         self.core.start()
         if self.role is not None:
             replay_journal(
@@ -118,19 +132,25 @@ class ZooServer:
         seconds. False when grpc had not finished even STOP_MARGIN_S after that."""
         self.health.shut_down()
         self.core.ready = False
+        # HTTP drains beside gRPC, within the same grace period.
+        http_stop = threading.Thread(target=self.http.stop, name="http-stop") if self.http else None
+        if http_stop is not None:
+            http_stop.start()
         # grpc's stop can wait for ever on a stream (a race in grpcio seen after streams
         # whose messages failed to parse): bounded here, whatever the streams do.
         stopped = self.grpc.stop(grace).wait(grace + STOP_MARGIN_S)
         if not stopped:
             log.warning("gRPC had not stopped %.1f s after the grace period", STOP_MARGIN_S)
+        if http_stop is not None:
+            http_stop.join(grace + STOP_MARGIN_S)
         if self.metrics is not None:
             self.metrics.shutdown()
         self.core.stop()
         return stopped
 
 
-def _metrics_tls(settings: ServeSettings) -> ssl.SSLContext | None:
-    """The gRPC port's TLS settings, for the metrics port: one policy for both."""
+def tls_context(settings: ServeSettings) -> ssl.SSLContext | None:
+    """The gRPC port's TLS settings, for the HTTP and metrics ports: one policy for all."""
     cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
     if cert is None or key is None:
         return None
@@ -148,7 +168,7 @@ def serve_metrics(settings: ServeSettings, registry: CollectorRegistry) -> Metri
         return None
     host, port = settings.host, settings.metrics_port
     try:
-        return MetricsServer.serve(registry, host, port, _metrics_tls(settings))
+        return MetricsServer.serve(registry, host, port, tls_context(settings))
     except OSError as error:
         raise FailedPreconditionError(
             f"cannot serve metrics on {host}:{port} ({error.strerror}): "

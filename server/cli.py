@@ -51,9 +51,10 @@ def configure_logging(log_format: str, level: str, worker: int | None = None) ->
 def _announce(server: ZooServer | Supervisor) -> None:
     # The one line of CLI output: scripts and tests read the bound ports from it.
     metrics = f", metrics on port {server.metrics_port}" if server.metrics_port else ""
+    http = f", http on port {server.http_port}" if server.http_port else ""
     processes = f" ({server.count} processes)" if isinstance(server, Supervisor) else ""
     print(
-        f"zoo serve: ready on {server.settings.host}:{server.port}{metrics}{processes}",
+        f"zoo serve: ready on {server.settings.host}:{server.port}{metrics}{http}{processes}",
         flush=True,
     )
 

@@ -52,23 +52,28 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         sent = [
             v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"
         ]
-        if not sent:
-            return _refusal(handler, "missing metadata 'authorization: Bearer <token>'")
-        if len(sent) > 1:
-            # Which copy a proxy or a later check would read is anyone's guess: refuse.
-            return _refusal(
-                handler, f"expected one 'authorization' metadata entry, got {len(sent)}"
-            )
-        (sent,) = sent
-        # As in HTTP, the scheme's case and the spaces around the value do not matter
-        # (perf_analyzer's -H "authorization: Bearer T" sends " Bearer T").
-        scheme, _, token = sent.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return _refusal(handler, "expected 'authorization: Bearer <token>'")
-        # A comparison in constant time: how long a refusal takes says nothing of the token.
-        if not hmac.compare_digest(token.strip().encode(), self._token):
-            return _refusal(handler, "wrong bearer token")
+        refusal = bearer_refusal(sent, self._token)
+        if refusal is not None:
+            return _refusal(handler, refusal)
         return handler
+
+
+def bearer_refusal(sent: list[str], token: bytes) -> str | None:
+    """Why the `authorization` values sent do not carry `token`; None when one does."""
+    if not sent:
+        return "missing metadata 'authorization: Bearer <token>'"
+    if len(sent) > 1:
+        # Which copy a proxy or a later check would read is anyone's guess: refuse.
+        return f"expected one 'authorization' metadata entry, got {len(sent)}"
+    # As in HTTP, the scheme's case and the spaces around the value do not matter
+    # (perf_analyzer's -H "authorization: Bearer T" sends " Bearer T").
+    scheme, _, value = sent[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return "expected 'authorization: Bearer <token>'"
+    # A comparison in constant time: how long a refusal takes says nothing of the token.
+    if not hmac.compare_digest(value.strip().encode(), token):
+        return "wrong bearer token"
+    return None
 
 
 def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

@@ -1,15 +1,12 @@
 """The gRPC servicer: translates RPCs to InferenceCore calls and errors to statuses.
 
-Nothing else happens here. STATUS is the project's one table from ZooError codes
-(zoo/errors.py) to gRPC status codes.
+Nothing else happens here; the table from errors to statuses is server.status.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,68 +17,15 @@ from google.protobuf.message import DecodeError, Message
 from proto import grpc_service_pb2 as pb
 from proto.grpc_service_pb2_grpc import GRPCInferenceServiceServicer
 from server.core import InferenceCore
+from server.status import MAX_MESSAGE_CHARS, STATUS, failure
 from server.workers import Peers, is_local_call, merge_statistics
-from zoo.errors import InvalidArgumentError, ZooError
+from zoo.errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
 
-STATUS: dict[str, grpc.StatusCode] = {
-    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
-    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
-    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
-    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
-    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
-    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "CANCELLED": grpc.StatusCode.CANCELLED,
-    "INTERNAL": grpc.StatusCode.INTERNAL,
-    "UNKNOWN": grpc.StatusCode.UNKNOWN,
-}
 
 R = TypeVar("R")
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-# An error message quotes what the client sent (names, versions): capped, so that a
-# 100 kB name cannot make the reply's trailing metadata exceed what grpc will carry.
-MAX_MESSAGE_CHARS = 1000
-
-
-def status_of(error: ZooError) -> grpc.StatusCode:
-    return STATUS.get(error.code, grpc.StatusCode.UNKNOWN)
-
-
-class _ClientMistakeLog:
-    """One log line per client mistake, at most one a second; the rest are counted."""
-
-    def __init__(self, interval_s: float = 1.0) -> None:
-        self._interval = interval_s
-        self._lock = threading.Lock()
-        self._next = 0.0
-        self._skipped = 0
-
-    def __call__(self, method: str, status: grpc.StatusCode, message: str) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next:
-                self._skipped += 1
-                return
-            self._next, skipped, self._skipped = now + self._interval, self._skipped, 0
-        more = f" (and {skipped} more since the last such line)" if skipped else ""
-        log.info("%s: %s: %s%s", method, status.name, message[:200], more)
-
-
-_client_mistake = _ClientMistakeLog()
-
-
-def failure(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
-    """A ZooError's status and message; anything else is our bug: INTERNAL, logged."""
-    if isinstance(error, ZooError):
-        status, message = status_of(error), str(error)
-        if len(message) > MAX_MESSAGE_CHARS:
-            message = f"{message[:MAX_MESSAGE_CHARS]}... ({len(message):,} characters)"
-        _client_mistake(method, status, message)
-        return status, message
-    log.error("%s failed", method, exc_info=error)
-    return grpc.StatusCode.INTERNAL, f"{method}: internal server error"
 
 
 @dataclass(frozen=True)
@@ -118,7 +62,8 @@ def _translated(method: Callable[..., R]) -> Callable[..., R]:
                 raise request.refusal()
             return method(self, request, context)
         except Exception as error:
-            context.abort(*failure(error, method.__name__))
+            code, message = failure(error, method.__name__)
+            context.abort(STATUS[code], message)
 
     return wrapper
 

@@ -15,6 +15,17 @@ class ServeSettings(ZooSettings):
     repository: Path = Field(description="model repository in Triton's layout")
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    http_port: int = Field(
+        8000,
+        ge=-1,
+        le=65535,
+        description="KServe v2 REST API and the web page; 0 picks a free one, -1 is off",
+    )
+    http_cors_origin: str | None = Field(
+        None,
+        description="let browser pages from this origin call the REST API (CORS), e.g. "
+        "https://example.org or *; unset: no CORS headers",
+    )
     metrics_port: int = Field(
         8002, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks a free one, -1 is off"
     )

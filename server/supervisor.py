@@ -4,8 +4,9 @@ Each worker is a whole server (server.app) started with the spawn method, bindin
 port with SO_REUSEPORT so that the kernel spreads connections over the workers; what
 they share with each other is in server.workers. The supervisor:
 
-- reserves the port first (a bound socket that never listens, so it takes no
-  connections), which turns port 0 into one port that every worker then binds;
+- reserves the ports first (gRPC, and HTTP unless it is off: bound sockets that never
+  listen, so they take no connections), which turns port 0 into one port that every
+  worker then binds;
 - serves /metrics for all workers on the one metrics port: prometheus_client's
   multiprocess mode (every worker writes its values to files in a shared folder,
   summed at each scrape), plus each worker's resident memory and restarts;
@@ -107,10 +108,19 @@ class Supervisor:
         # Read by prometheus_client when a worker imports it (the spawned workers inherit
         # the environment): their values go to files here.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.runtime / METRICS_DIR)
-        self._reserved = reserve_port(settings.host, settings.port)
-        self.port = self._reserved.getsockname()[1]
+        self._reserved = [reserve_port(settings.host, settings.port)]
+        self.port = self._reserved[0].getsockname()[1]
+        self.http_port: int | None = None
+        if settings.http_port >= 0:
+            self._reserved.append(reserve_port(settings.host, settings.http_port))
+            self.http_port = self._reserved[-1].getsockname()[1]
         self._worker_settings = settings.model_copy(
-            update={"port": self.port, "metrics_port": -1, "processes": 1}
+            update={
+                "port": self.port,
+                "http_port": -1 if self.http_port is None else self.http_port,
+                "metrics_port": -1,
+                "processes": 1,
+            }
         )
         self._spawn = multiprocessing.get_context("spawn")
         self.workers: list[Worker] = []
@@ -188,6 +198,9 @@ class Supervisor:
                 self._restart(sentinels[sentinel])  # type: ignore[index]
 
     def _restart(self, worker: Worker) -> None:
+        # The sentinel closes as the process dies, a moment before it can be reaped:
+        # join it, for its exit status.
+        worker.process.join(5.0)
         lived = time.monotonic() - worker.started
         worker.failures_in_a_row = 0 if lived >= HEALTHY_AFTER_S else worker.failures_in_a_row + 1
         delay = min(FIRST_BACKOFF_S * 2 ** max(worker.failures_in_a_row - 1, 0), MAX_BACKOFF_S)
@@ -225,7 +238,8 @@ class Supervisor:
             multiprocess.mark_process_dead(worker.process.pid, str(self.runtime / METRICS_DIR))
         if self._metrics is not None:
             self._metrics.shutdown()
-        self._reserved.close()
+        for reserved in self._reserved:
+            reserved.close()
         shutil.rmtree(self.runtime, ignore_errors=True)
 
 

@@ -32,7 +32,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_REPOSITORY = ROOT / "model_repository"
 TINY_MODELS = ("tiny_mlp", "tiny_cnn")
-_READY = re.compile(r"ready on (\S+):(\d+)(?:, metrics on port (\d+))?")
+_READY = re.compile(r"ready on (\S+):(\d+)(?:, metrics on port (\d+))?(?:, http on port (\d+))?")
 
 
 def _tiny_body(torch: Any, kind: str) -> Any:
@@ -134,6 +134,11 @@ class RunningServer:
     address: str
     metrics_port: int | None
     log_path: Path
+    http_port: int | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.address.rsplit(':', 1)[0]}:{self.http_port}"
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -152,7 +157,8 @@ class RunningServer:
 def launch_server(repository: Path, *args: str, log_path: Path) -> RunningServer:
     """Start a server on 127.0.0.1, free ports; return once it says it is ready."""
     command = [sys.executable, "-m", "server", "--repository", str(repository)]
-    command += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *args]
+    command += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--http-port", "0"]
+    command += args
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -165,7 +171,8 @@ def launch_server(repository: Path, *args: str, log_path: Path) -> RunningServer
         process.wait()
         raise RuntimeError(f"server did not start: {line!r}\n{log_path.read_text()}")
     metrics = int(match.group(3)) if match.group(3) else None
-    return RunningServer(process, f"{match.group(1)}:{match.group(2)}", metrics, log_path)
+    http = int(match.group(4)) if match.group(4) else None
+    return RunningServer(process, f"{match.group(1)}:{match.group(2)}", metrics, log_path, http)
 
 
 def _first_line(process: subprocess.Popen) -> str:

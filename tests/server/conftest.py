@@ -3,6 +3,9 @@ request builders (as fixtures: importlib test mode cannot import helper modules)
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,10 +13,18 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from proto import grpc_service_pb2 as pb
 from proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from zoo.repository import list_models, list_versions, model_file, read_model_config
+
+ROOT = Path(__file__).resolve().parents[2]
+PERF_ANALYZER_INSTALL = ROOT / "tools" / "install-perf-analyzer.sh"
+PERF_ANALYZER = ROOT / ".venv" / "bin" / "perf_analyzer"
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +90,77 @@ def reference(served_repository: Path) -> Callable[[str, np.ndarray], dict[str, 
 @pytest.fixture(scope="session")
 def random_images() -> Callable[..., np.ndarray]:
     return images
+
+
+@pytest.fixture(scope="session")
+def perf_analyzer() -> Path:
+    done = subprocess.run(
+        ["bash", str(PERF_ANALYZER_INSTALL)], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        pytest.skip(f"perf_analyzer cannot be installed here: {done.stderr.strip()[-500:]}")
+    return PERF_ANALYZER
+
+
+# --- certificates (TLS tests) --------------------------------------------------
+
+
+Issuer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+
+def issue(
+    folder: Path,
+    name: str,
+    *,
+    issuer: Issuer | None = None,
+    ca: bool = False,
+    hosts: tuple[x509.GeneralName, ...] = (),
+) -> Issuer:
+    """A certificate for `name` signed by `issuer` (else self-signed), written with its key
+    to folder/name.pem and folder/name.key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    signer_name, signer_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(signer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if hosts:
+        builder = builder.add_extension(x509.SubjectAlternativeName(hosts), critical=False)
+    cert = builder.sign(signer_key, hashes.SHA256())
+    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key (PEM files)."""
+    folder = tmp_path_factory.mktemp("tls")
+    hosts = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    issue(folder, "localhost", ca=True, hosts=hosts)
+    return folder / "localhost.pem", folder / "localhost.key"
+
+
+@pytest.fixture(scope="module")
+def client_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of PEM files: ca (the servers' --tls-client-ca), client (a certificate
+    it signed), and stranger (one signed by another authority, other-ca); each .pem with
+    its .key."""
+    folder = tmp_path_factory.mktemp("mtls")
+    issue(folder, "client", issuer=issue(folder, "ca", ca=True))
+    issue(folder, "stranger", issuer=issue(folder, "other-ca", ca=True))
+    return folder

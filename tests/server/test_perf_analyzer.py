@@ -8,18 +8,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-INSTALL = ROOT / "tools" / "install-perf-analyzer.sh"
-PERF_ANALYZER = ROOT / ".venv" / "bin" / "perf_analyzer"
-
-
-@pytest.fixture(scope="module")
-def perf_analyzer() -> Path:
-    done = subprocess.run(["bash", str(INSTALL)], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        pytest.skip(f"perf_analyzer cannot be installed here: {done.stderr.strip()[-500:]}")
-    return PERF_ANALYZER
-
 
 @pytest.mark.parametrize("batch", [1, 8])
 def test_perf_analyzer_measures_our_server(

@@ -3,6 +3,7 @@ one server (statistics, metrics, model control), restarted when they die."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -70,10 +71,20 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
 
 def _workers(pid: int) -> list[int]:
     """The worker processes of supervisor `pid` (children started by multiprocessing)."""
-    children = []
+    workers = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(c) for c in (task / "children").read_text().split()]
-    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        for child in _read(task / "children").split():
+            if "spawn_main" in _read(Path(f"/proc/{child}/cmdline")):
+                workers.append(int(child))
+    return workers
+
+
+def _read(path: Path) -> str:
+    """A /proc file's text, or "" when its thread or process has just gone."""
+    try:
+        return path.read_text(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
 
 
 def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
@@ -98,18 +109,30 @@ def test_statistics_and_metrics_count_every_workers_requests(start_zoo_server, r
     assert len(_workers(server.process.pid)) == 2
     replies = _on_fresh_connections(server.address, _infer)
     assert all(len(r.raw_output_contents) == 2 for r in replies)
+    # The HTTP port is shared the same way (urllib opens a connection per request).
+    body = json.dumps(
+        {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                     "data": [0.0] * 784}]}
+    ).encode()  # fmt: skip
+    for _ in range(CONNECTIONS):
+        request = urllib.request.Request(
+            f"{server.http_url}/v2/models/tiny_mlp/infer", data=body,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            assert len(json.loads(reply.read())["outputs"]) == 2
     channel, stub = _stub(server.address)
     with channel:
         stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="tiny_mlp"), timeout=30)
     (model,) = stats.model_stats
     # Each worker counts only its own requests: the sum is every request.
-    assert model.inference_count == CONNECTIONS
-    assert model.inference_stats.success.count == CONNECTIONS
+    assert model.inference_count == 2 * CONNECTIONS
+    assert model.inference_stats.success.count == 2 * CONNECTIONS
     assert sum(b.compute_infer.count for b in model.batch_stats) == model.execution_count
     assert server.metrics_port is not None
     text = _metrics(server.metrics_port)
     requests = _metric(text, "zoo_inference_requests_total", model="tiny_mlp", status="OK")
-    assert requests == CONNECTIONS
+    assert requests == 2 * CONNECTIONS
     for worker in ("0", "1"):
         assert (_metric(text, "zoo_worker_resident_memory_bytes", worker=worker) or 0) > 10 * 2**20
 

@@ -4,8 +4,6 @@ tritonclient and perf_analyzer; and what each refusal says."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import pickle
 import ssl
@@ -18,10 +16,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import AsyncZooClient, InferenceServerException, ZooClient
@@ -33,66 +27,6 @@ TOKEN = "s3cret-t0ken"
 ROOT = Path(__file__).resolve().parents[2]
 PERF_ANALYZER = ROOT / ".venv" / "bin" / "perf_analyzer"
 IMAGES = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
-
-Issuer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
-
-
-def issue(
-    folder: Path,
-    name: str,
-    *,
-    issuer: Issuer | None = None,
-    ca: bool = False,
-    hosts: tuple[x509.GeneralName, ...] = (),
-) -> Issuer:
-    """A certificate for `name` signed by `issuer` (else self-signed), written with its key
-    to folder/name.pem and folder/name.key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    signer_name, signer_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(signer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if hosts:
-        builder = builder.add_extension(x509.SubjectAlternativeName(hosts), critical=False)
-    cert = builder.sign(signer_key, hashes.SHA256())
-    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / f"{name}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert, key
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, and its key (PEM files)."""
-    folder = tmp_path_factory.mktemp("tls")
-    hosts = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    issue(folder, "localhost", ca=True, hosts=hosts)
-    return folder / "localhost.pem", folder / "localhost.key"
-
-
-@pytest.fixture(scope="module")
-def client_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of PEM files: ca (the servers' --tls-client-ca), client (a certificate
-    it signed), and stranger (one signed by another authority, other-ca); each .pem with
-    its .key."""
-    folder = tmp_path_factory.mktemp("mtls")
-    issue(folder, "client", issuer=issue(folder, "ca", ca=True))
-    issue(folder, "stranger", issuer=issue(folder, "other-ca", ca=True))
-    return folder
 
 
 @pytest.fixture

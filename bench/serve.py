@@ -9,8 +9,11 @@ no-op server is the same grpcio stack and protocol answering canned replies with
 decoding or computing: the ceiling of a Python gRPC server on this machine. In-process
 onnxruntime runs the same closed loop with threads calling session.run.
 
-Writes bench/results/serve.json and bench/results/serve.md (the README table), and
-prints the table. `--noop-server` runs the no-op server itself (used by the benchmark).
+Our server is also measured over HTTP/REST (perf_analyzer -i http), with binary tensors
+(Triton's extension, perf_analyzer's default) and with JSON tensors, in the same run.
+
+Writes bench/results/serve.json and bench/results/serve.md (the README tables), and
+prints them. `--noop-server` runs the no-op server itself (used by the benchmark).
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ log = logging.getLogger("bench.serve")
 LOADS = ((1, 1), (1, 8), (1, 32), (32, 4))  # (batch, concurrency)
 PERF_ANALYZER = ROOT / ".venv" / "bin" / "perf_analyzer"
 RESULTS = ROOT / "bench" / "results"
-_READY = re.compile(r"ready on (\S+):(\d+)")
+_READY = re.compile(r"ready on (\S+):(\d+)(?:, metrics on port \d+)?(?:, http on port (\d+))?")
+HTTP_KINDS = {"zoo http binary": "binary", "zoo http json": "json"}
 
 
 # -- the no-op server ----------------------------------------------------------------
@@ -118,6 +122,7 @@ class ServerProcess:
             self.process.kill()
             raise RuntimeError(f"{command}: did not start:\n{log_path.read_text()[-2000:]}")
         self.address = f"{match.group(1)}:{match.group(2)}"
+        self.http_address = f"{match.group(1)}:{match.group(3)}" if match.group(3) else None
 
     def rss_mb(self, field: str = "VmRSS") -> float:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -132,11 +137,23 @@ class ServerProcess:
             self.process.kill()
 
 
-def perf_analyzer(address: str, model: str, batch: int, concurrency: int, seconds: float) -> dict:
-    """One perf_analyzer run: requests/s, images/s, p50/p99 ms (client side)."""
+def perf_analyzer(
+    address: str,
+    model: str,
+    batch: int,
+    concurrency: int,
+    seconds: float,
+    http_tensors: str | None = None,
+) -> dict:
+    """One perf_analyzer run: requests/s, images/s, p50/p99 ms (client side); over gRPC,
+    or over HTTP with `http_tensors` "binary" or "json"."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.csv"
-        command = [str(PERF_ANALYZER), "-m", model, "-u", address, "-i", "grpc"]
+        protocol = "grpc" if http_tensors is None else "http"
+        command = [str(PERF_ANALYZER), "-m", model, "-u", address, "-i", protocol]
+        if http_tensors is not None:
+            command += ["--input-tensor-format", http_tensors]
+            command += ["--output-tensor-format", http_tensors]
         command += ["-b", str(batch), "--concurrency-range", str(concurrency)]
         # Stability (-s) as loose as it goes: on a shared 2-core machine windows rarely
         # agree within perf_analyzer's default 10% and the run would abort. (Its
@@ -198,7 +215,9 @@ def measure(
     machine (on a shared machine its load drifts between minutes)."""
     import onnxruntime as ort
 
-    results: dict[str, dict] = {kind: {} for kind in (*servers, "onnxruntime")}
+    http = servers["zoo"].http_address
+    kinds = (*servers, *(HTTP_KINDS if http else ()), "onnxruntime")
+    results: dict[str, dict] = {kind: {} for kind in kinds}
     for model in models:
         session = ort.InferenceSession(
             str(_served_file(repository, model)), providers=["CPUExecutionProvider"]
@@ -208,6 +227,10 @@ def measure(
             for kind, server in servers.items():
                 results[kind][key] = perf_analyzer(
                     server.address, model, batch, concurrency, seconds
+                )
+            for kind, tensors in HTTP_KINDS.items() if http else ():
+                results[kind][key] = perf_analyzer(
+                    http, model, batch, concurrency, seconds, tensors
                 )
             results["onnxruntime"][key] = in_process(session, batch, concurrency, seconds)
             log.info("%s: %s", key, ", ".join(f"{k} {_brief(r[key])}" for k, r in results.items()))
@@ -246,14 +269,41 @@ def table(results: dict, models: list[str]) -> str:
         f"{results['seconds']:.1f} s windows, client and server on the same "
         f"{results['cpus']}-CPU machine; repository {results['repository']}."
     )
+    if all(kind in results for kind in HTTP_KINDS):
+        lines += ["", *http_table(results, models)]
     return "\n".join(lines)
+
+
+def http_table(results: dict, models: list[str]) -> list[str]:
+    """Our server over HTTP (binary and JSON tensors) against gRPC, same run."""
+    lines = [
+        "| model | batch | conc. | gRPC req/s (p50 / p99 ms) | HTTP binary req/s (p50 / p99) "
+        "| HTTP JSON req/s (p50 / p99) | binary / gRPC | JSON / gRPC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model in models:
+        for batch, concurrency in LOADS:
+            key = f"{model} b{batch} c{concurrency}"
+            g = results["zoo"][key]
+            b, j = (results[kind][key] for kind in HTTP_KINDS)
+            cells = [
+                f"{r['requests_per_s']:.0f} ({r['p50_ms']:.2f} / {r['p99_ms']:.2f})"
+                for r in (g, b, j)
+            ]
+            lines.append(
+                f"| {model} | {batch} | {concurrency} | "
+                + " | ".join(cells)
+                + f" | {b['requests_per_s'] / g['requests_per_s']:.0%}"
+                + f" | {j['requests_per_s'] / g['requests_per_s']:.0%} |"
+            )
+    return lines
 
 
 def run_all(repository: Path, models: list[str], seconds: float) -> dict[str, dict]:
     """Start our server and the no-op one, measure everything, record their memory."""
     python, repo = sys.executable, str(repository)
     zoo_command = [python, "-m", "server", "--repository", repo, "--host", "127.0.0.1"]
-    zoo_command += ["--port", "0", "--metrics-port", "-1", "--device", "cpu"]
+    zoo_command += ["--port", "0", "--metrics-port", "-1", "--http-port", "0", "--device", "cpu"]
     noop_command = [python, str(Path(__file__).resolve()), "--noop-server", "--repository", repo]
     with tempfile.TemporaryDirectory() as logs:
         servers = {

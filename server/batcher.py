@@ -86,12 +86,15 @@ class _Pending:
         return self.result
 
 
-def _deadline(ctx: CallContext | None) -> float | None:
+def _deadline(ctx: CallContext | None, timeout_s: float | None) -> float | None:
+    """The sooner of the call's deadline and the request's own queue timeout."""
     remaining = ctx.time_remaining() if ctx is not None else None
     # grpc reports "no deadline" as centuries, more than a timed wait accepts.
     if remaining is None or remaining > NO_DEADLINE_S:
-        return None
-    return time.monotonic() + remaining
+        remaining = None
+    if timeout_s is not None:
+        remaining = timeout_s if remaining is None else min(remaining, timeout_s)
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def _shape_key(inputs: dict[str, np.ndarray]) -> tuple[tuple[int, ...], ...]:
@@ -128,10 +131,15 @@ class DynamicBatcher:
         self._gathering = False
 
     def submit(
-        self, inputs: dict[str, np.ndarray], size: int, ctx: CallContext | None = None
+        self,
+        inputs: dict[str, np.ndarray],
+        size: int,
+        ctx: CallContext | None = None,
+        timeout_s: float | None = None,
     ) -> BatchResult:
-        """Run `inputs` (batch `size`), alone or batched with others; blocks until done."""
-        pending = _Pending(inputs, size, _deadline(ctx), time.perf_counter_ns())
+        """Run `inputs` (batch `size`), alone or batched with others; blocks until done.
+        `timeout_s`: the longest it may wait in the queue (besides the call's deadline)."""
+        pending = _Pending(inputs, size, _deadline(ctx, timeout_s), time.perf_counter_ns())
         with self._lock:
             leads = self._running < self._instances
             if leads:

@@ -58,7 +58,17 @@ INPUT_PARAMETERS = {
 OUTPUT_PARAMETERS = {"classification": _INTEGER, "binary_data": _BOOL, **INPUT_PARAMETERS}
 
 
+SHARED_MEMORY = "shared_memory_region"
+
+
 def check_parameters(parameters: Mapping[str, InferParameter], known: dict, where: str) -> None:
+    if SHARED_MEMORY in parameters:
+        # Answering without reading or writing the region would hand the client wrong
+        # data (an output it reads from the region would never be written): refused.
+        raise InvalidArgumentError(
+            f"{where}: shared memory (parameter {SHARED_MEMORY!r}) is not supported here; "
+            "send the tensor's contents in the request"
+        )
     for key, value in parameters.items():
         allowed = known.get(key)
         if allowed is None:
@@ -119,8 +129,13 @@ def _raw_contents(request: ModelInferRequest) -> Sequence[bytes] | None:
         raise InvalidArgumentError(
             f"expected one raw_input_contents per input ({len(request.inputs)}), got {len(raw)}"
         )
-    if any(t.HasField("contents") for t in request.inputs):
-        raise InvalidArgumentError("inputs carry both raw_input_contents and typed contents")
+    typed = [t.name for t in request.inputs if t.HasField("contents")]
+    if typed:
+        # Triton's wording first, then what arrived.
+        raise InvalidArgumentError(
+            f"contents field must not be specified when using raw_input_contents for "
+            f"{typed[0]!r}: inputs carry both raw_input_contents and typed contents"
+        )
     return raw
 
 
@@ -162,28 +177,135 @@ def decode_inputs(
     return arrays, batch
 
 
-def requested_outputs(request: ModelInferRequest, outputs: dict[str, int]) -> list[int]:
-    """Indices (into the model's outputs) of the outputs to return, in the requested order."""
+def request_timeout_s(request: ModelInferRequest, model: str) -> float | None:
+    """The request's own queue timeout ("timeout", microseconds; 0 is none). Options we
+    cannot honour are refused rather than ignored: sequence ids (no model here has
+    sequence batching) and a priority other than the default (no priority levels)."""
+    parameters = request.parameters
+    if not parameters:
+        return None
+    for key in ("sequence_id", "sequence_start", "sequence_end"):
+        if key in parameters and _set(parameters[key]):
+            raise InvalidArgumentError(
+                f"parameter {key!r}: model {model!r} has no sequence batching, so a sequence "
+                "cannot be honoured; send the request without it"
+            )
+    if "priority" in parameters and _set(parameters["priority"]):
+        raise InvalidArgumentError(
+            f"parameter 'priority': model {model!r} has no priority levels "
+            f"(dynamic_batching.priority_levels), got {_value(parameters['priority'])}"
+        )
+    if "timeout" not in parameters:
+        return None
+    timeout_us = _value(parameters["timeout"])
+    if timeout_us < 0:
+        raise InvalidArgumentError(
+            f"parameter 'timeout': expected microseconds >= 0, got {timeout_us}"
+        )
+    return timeout_us / 1e6 if timeout_us else None
+
+
+def _value(parameter: InferParameter) -> object:
+    kind = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, kind) if kind else None
+
+
+def _set(parameter: InferParameter) -> bool:
+    """A parameter given with a value other than its default (0, "", false)."""
+    return bool(_value(parameter))
+
+
+@dataclass(frozen=True)
+class Requested:
+    """One output to return: the model's output `index`, whole, or (class_count > 0)
+    as the top class_count classes (Triton's classification extension)."""
+
+    index: int
+    class_count: int = 0
+
+
+def requested_outputs(request: ModelInferRequest, outputs: dict[str, int]) -> list[Requested]:
+    """The outputs to return, in the requested order (all of them when none is named)."""
     if not request.outputs:
-        return list(outputs.values())
+        return [Requested(i) for i in outputs.values()]
+    wanted = []
     for o in request.outputs:
         if o.parameters:
             check_parameters(o.parameters, OUTPUT_PARAMETERS, f"output {o.name!r}")
-    try:
-        return [outputs[o.name] for o in request.outputs]
-    except KeyError as error:
-        raise InvalidArgumentError(
-            f"unknown output {error.args[0]!r}: the model's outputs are {sorted(outputs)}"
-        ) from None
+        if o.name not in outputs:
+            raise InvalidArgumentError(
+                f"unknown output {o.name!r}: the model's outputs are {sorted(outputs)}"
+            )
+        count = _class_count(o)
+        if count < 0:
+            raise InvalidArgumentError(
+                f"output {o.name!r}: classification count must be >= 0, got {count}"
+            )
+        wanted.append(Requested(outputs[o.name], count))
+    return wanted
+
+
+def _class_count(output: ModelInferRequest.InferRequestedOutputTensor) -> int:
+    if "classification" not in output.parameters:
+        return 0
+    parameter = output.parameters["classification"]  # an integer: check_parameters said so
+    return int(getattr(parameter, parameter.WhichOneof("parameter_choice") or "int64_param"))
+
+
+def classify(array: np.ndarray, count: int, labels: Sequence[str], batched: bool) -> np.ndarray:
+    """Triton's classification: per batch item (or for the whole output of a model
+    without a batch axis), the `count` largest values as "value:index" or, with labels,
+    "value:index:label" byte strings, largest first: [N, count] (or [count])."""
+    rows = array.reshape(len(array), -1) if batched else array.reshape(1, -1)
+    count = min(count, rows.shape[1])
+    order = np.argsort(-rows, axis=1, kind="stable")[:, :count]
+    texts = [
+        [f"{row[i]:f}:{i}" + (f":{labels[i]}" if i < len(labels) else "") for i in indices]
+        for row, indices in zip(rows, order, strict=True)
+    ]
+    result = np.array([[t.encode() for t in line] for line in texts], dtype=object)
+    return result if batched else result[0]
+
+
+def encode_bytes(array: np.ndarray) -> bytes:
+    """A BYTES tensor in KServe v2's raw form: each element's length (4 bytes, little
+    endian), then its bytes, row-major."""
+    parts = []
+    for item in array.ravel():
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts += [len(data).to_bytes(4, "little"), data]
+    return b"".join(parts)
+
+
+def decode_bytes(raw: bytes) -> list[bytes]:
+    """The elements of a raw BYTES tensor."""
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidArgumentError(f"BYTES tensor: a length prefix is cut at byte {offset}")
+        size = int.from_bytes(raw[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > len(raw):
+            raise InvalidArgumentError(
+                f"BYTES tensor: an element of {size} bytes runs past the end ({len(raw)} bytes)"
+            )
+        items.append(raw[offset : offset + size])
+        offset += size
+    return items
 
 
 def encode_outputs(
     response: ModelInferResponse, specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]
 ) -> None:
-    """Append outputs as raw_output_contents: tritonclient's as_numpy reads only those."""
+    """Append outputs as raw_output_contents: tritonclient's as_numpy reads only those.
+    An object array (classification's strings) goes as BYTES."""
     for spec, array in zip(specs, arrays, strict=True):
         out = response.outputs.add()
         out.name = spec.name
-        out.datatype = spec.datatype
         out.shape.extend(array.shape)
+        if array.dtype == object:
+            out.datatype = "BYTES"
+            response.raw_output_contents.append(encode_bytes(array))
+            continue
+        out.datatype = spec.datatype
         response.raw_output_contents.append(np.ascontiguousarray(array, spec.dtype).tobytes())

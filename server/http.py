@@ -33,6 +33,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from proto import grpc_service_pb2 as pb
+from server.codec import decode_bytes
 from server.core import InferenceCore
 from server.security import bearer_refusal
 from server.settings import ServeSettings
@@ -231,6 +232,8 @@ def infer_response(
         if wanted.get(tensor.name, binary_default):
             entry["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
+        elif tensor.datatype == "BYTES":  # classification's "value:index:label" strings
+            entry["data"] = [item.decode(errors="replace") for item in decode_bytes(raw)]
         else:
             entry["data"] = np.frombuffer(raw, DATATYPES[tensor.datatype][0]).tolist()
         outputs.append(entry)

@@ -103,7 +103,11 @@ class ModelManager:
         """The model to serve `name`/`version` ("" is the highest ready version)."""
         entry = self._entries.get(name)
         if entry is None:
-            raise NotFoundError(f"unknown model {name!r}; served models: {sorted(self._entries)}")
+            # Triton's wording first (its clients look for it), then what is served.
+            raise NotFoundError(
+                f"Request for unknown model: {name!r} is not found; served models: "
+                f"{sorted(self._entries)}"
+            )
         model = entry.latest if not version else entry.versions.get(_parse(version))
         if model is not None:
             return model
@@ -153,7 +157,9 @@ class ModelManager:
             # A request must not reach outside the repository ("../elsewhere").
             raise InvalidArgumentError(f"model name {name!r} is not a repository folder name")
         if not (self.repository / name).is_dir():
-            raise NotFoundError(f"no model {name!r} in the repository")
+            raise NotFoundError(
+                f"failed to load {name!r}: no model folder {name!r} in the repository"
+            )
         with self._sync_lock:
             self._unloaded.discard(name)
             if config is None:
@@ -163,12 +169,12 @@ class ModelManager:
             self._sync(name, reload=True)
             entry = self._entries[name]
         if not entry.versions:
-            raise FailedPreconditionError(f"model {name!r} failed to load: {entry.reason()}")
+            raise FailedPreconditionError(f"failed to load {name!r}: {entry.reason()}")
 
     def unload(self, name: str) -> None:
         with self._sync_lock:
             if name not in self._entries:
-                raise NotFoundError(f"unknown model {name!r}")
+                raise NotFoundError(f"failed to unload {name!r}: unknown model {name!r}")
             self._unloaded.add(name)
             self._publish(name, _Entry(states={"": VersionState(UNAVAILABLE, "unloaded")}))
         log.info("unloaded %s", name)

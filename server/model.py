@@ -18,10 +18,17 @@ from proto.grpc_service_pb2 import (
 )
 from proto.model_config_pb2 import ModelConfig, ModelInput, ModelOutput
 from server.batcher import CallContext, DynamicBatcher
-from server.codec import TensorSpec, decode_inputs, encode_outputs, requested_outputs
+from server.codec import (
+    TensorSpec,
+    classify,
+    decode_inputs,
+    encode_outputs,
+    request_timeout_s,
+    requested_outputs,
+)
 from server.metrics import ServerMetrics
 from server.stats import BatchTiming, ModelStats
-from zoo.card import CARD_METADATA_KEY
+from zoo.card import CARD_METADATA_KEY, ModelCard
 from zoo.datatypes import DATATYPES
 from zoo.errors import InvalidArgumentError, ZooError
 from zoo.repository import PLATFORM_ONNX, datatype_from_kserve, kserve_datatype, read_card
@@ -101,6 +108,26 @@ def _card_json(model_dir: Path, session: ort.InferenceSession) -> str | None:
     return session.get_modelmeta().custom_metadata_map.get(CARD_METADATA_KEY)
 
 
+def _labels(model_dir: Path, config: ModelConfig, card_json: str | None) -> list[list[str]]:
+    """Per output, the class labels for classification: the config's label_filename (one
+    label per line, as Triton reads it), else the model card's labels, else none."""
+    card_labels = list(ModelCard.from_json(card_json).labels) if card_json else []
+    labels = []
+    for output in config.output:
+        if output.label_filename:
+            path = model_dir / output.label_filename
+            try:
+                labels.append(path.read_text().splitlines())
+            except OSError as error:
+                raise InvalidArgumentError(
+                    f"output {output.name!r}: label_filename {output.label_filename!r}: "
+                    f"{error.strerror}"
+                ) from None
+        else:
+            labels.append(card_labels)
+    return labels
+
+
 def _checked_specs(
     config: ModelConfig, session: ort.InferenceSession
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -154,7 +181,9 @@ class LoadedModel:
         # Triton's instance_group count: how many session calls may run at once.
         instances = sum(g.count for g in config.instance_group) or instances
         self.batcher = self._batcher(config, instances, max_queue_size)
-        self.config_reply = self._config_reply(config, _card_json(model_dir, session))
+        card_json = _card_json(model_dir, session)
+        self.config_reply = self._config_reply(config, card_json)
+        self.labels = _labels(model_dir, config, card_json)
         self.metadata_reply = self.metadata_for([self.version])
 
     def _batcher(self, config: ModelConfig, instances: int, max_queue_size: int) -> DynamicBatcher:
@@ -196,6 +225,9 @@ class LoadedModel:
             outputs=[tensor(s) for s in self.outputs],
         )
 
+    def _labels_of(self, index: int) -> list[str]:
+        return self.labels[index] if index < len(self.labels) else []
+
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self._output_names, feeds)
 
@@ -206,7 +238,8 @@ class LoadedModel:
         try:
             arrays, size = decode_inputs(request, self.inputs, self.max_batch_size)
             wanted = requested_outputs(request, self.output_index)
-            result = self.batcher.submit(arrays, size, ctx)
+            timeout_s = request_timeout_s(request, self.name)
+            result = self.batcher.submit(arrays, size, ctx, timeout_s)
         except ZooError as error:
             self.stats.record_failure(time.perf_counter_ns() - start)
             self.metrics.failed(error.code)
@@ -217,8 +250,18 @@ class LoadedModel:
             model_name=self.name, model_version=self.version, id=request.id
         )
         encode_outputs(
-            response, [self.outputs[i] for i in wanted], [result.outputs[i] for i in wanted]
-        )
+            response,
+            [self.outputs[w.index] for w in wanted],
+            [
+                classify(
+                    result.outputs[w.index], w.class_count, self._labels_of(w.index),
+                    batched=self.max_batch_size > 0,
+                )
+                if w.class_count
+                else result.outputs[w.index]
+                for w in wanted
+            ],
+        )  # fmt: skip
         elapsed = time.perf_counter_ns() - start
         self.stats.record_success(size, elapsed, result.queue_ns, result.timing)
         self.metrics.ok.inc()

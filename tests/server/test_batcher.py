@@ -144,6 +144,25 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_not_computed() 
     assert batcher._running == 0
 
 
+def test_a_requests_own_timeout_bounds_its_wait_in_the_queue() -> None:
+    """The request parameter "timeout" (Triton's, in microseconds) as a queue deadline,
+    without any call deadline; the sooner of the two applies when both are given."""
+    run = Recorder()
+    batcher = _batcher(run)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.submit, _x(0), 1)
+        run.entered.wait(5)
+        timed = pool.submit(batcher.submit, _x(1), 1, None, 0.05)
+        with pytest.raises(DeadlineExceededError, match="while queued; not computed"):
+            timed.result(5)
+        both = pool.submit(batcher.submit, _x(1), 1, Context(remaining=600.0), 0.05)
+        with pytest.raises(DeadlineExceededError):
+            both.result(5)
+        run.release.set()
+        first.result(5)
+    assert run.sizes == [1]
+
+
 def test_a_cancelled_request_leaves_the_queue() -> None:
     run = Recorder()
     batcher = _batcher(run)

@@ -153,7 +153,7 @@ def test_unknown_not_ready_and_too_large(start_zoo_server, tiny_repository, tmp_
     server = start_zoo_server(repository, "--max-message-mb", "1")
     base = server.http_url
     status, reply = post_json(f"{base}/v2/models/nope/infer", infer_json(IMAGES))
-    assert status == 404 and "unknown model 'nope'" in reply["error"]
+    assert status == 404 and "Request for unknown model: 'nope' is not found" in reply["error"]
     status, _, body = call(f"{base}/v2/models/nope/ready")
     assert status == 404
     # A known model whose only candidate version fails to load: not ready.
@@ -284,3 +284,20 @@ def test_perf_analyzer_over_http(
     (row,) = list(csv.DictReader(report.open()))
     assert float(row["Inferences/Second"]) > 0
     assert int(row["Server Compute Infer"]) > 0  # from our statistics, over HTTP
+
+
+def test_classification_over_http_with_tritonclient(zoo_server, model_names) -> None:
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{zoo_server.http_port}")
+    given = triton_http.InferInput("images", list(IMAGES.shape), "FP32")
+    given.set_data_from_numpy(IMAGES)
+    for binary in (False, True):
+        wanted = [
+            triton_http.InferRequestedOutput("probabilities", binary_data=binary, class_count=2)
+        ]
+        top = http.infer(model_names[0], [given], outputs=wanted).as_numpy("probabilities")
+        assert top.shape == (3, 2)
+        for row in top:
+            # JSON strings come back as str, binary ones as bytes.
+            first = row[0].decode() if isinstance(row[0], bytes) else row[0]
+            value, index, label = first.split(":")
+            assert label == index and 0 <= int(index) <= 9 and 0 <= float(value) <= 1

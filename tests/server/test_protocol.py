@@ -102,15 +102,33 @@ def _bad_requests(
     unknown_output = request_for(model, x)
     unknown_output.outputs.add(name="embedding")
     nothing = pb.ModelInferRequest(model_name=model)
+    sequence = request_for(model, x)
+    sequence.parameters["sequence_id"].int64_param = 7
+    priority = request_for(model, x)
+    priority.parameters["priority"].int64_param = 2
+    shared = request_for(model, x)
+    shared.outputs.add(name="probabilities").parameters["shared_memory_region"].string_param = "r"
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     return {
-        "unknown model": (request_for("nope", x), grpc.StatusCode.NOT_FOUND, "unknown model"),
+        "unknown model": (
+            request_for("nope", x),
+            grpc.StatusCode.NOT_FOUND,
+            "Request for unknown model",
+        ),
         "unknown version": (unknown_version, grpc.StatusCode.NOT_FOUND, "no version '999'"),
         "input name": (wrong_name, invalid, "unknown input 'pixels'"),
         "datatype": (wrong_type, invalid, "expected datatype FP32, got 'FP64'"),
         "shape": (wrong_shape, invalid, r"expected shape \[-1, 1, 28, 28\], got \[2, 784\]"),
         "byte size": (short, invalid, "expected 6272 bytes of raw contents, got 6268"),
-        "raw and typed": (both, invalid, "both raw_input_contents and typed contents"),
+        "raw and typed": (
+            both,
+            invalid,
+            "contents field must not be specified when using raw_input_contents for 'images': "
+            "inputs carry both",
+        ),
+        "sequence id": (sequence, invalid, "'sequence_id': model .* has no sequence batching"),
+        "priority": (priority, invalid, "'priority': model .* has no priority levels .*got 2"),
+        "shared memory": (shared, invalid, "shared memory .* is not supported here"),
         "batch too big": (too_big, invalid, "batch size 1000 outside 1.."),
         "output name": (unknown_output, invalid, "unknown output 'embedding'"),
         "no inputs": (nothing, invalid, r"missing inputs \['images'\]"),
@@ -130,6 +148,9 @@ def _bad_requests(
         "batch too big",
         "output name",
         "no inputs",
+        "sequence id",
+        "priority",
+        "shared memory",
     ],
 )
 def test_bad_input_gets_a_precise_status_and_the_server_keeps_serving(
@@ -207,7 +228,7 @@ def test_stream_answers_each_request_in_order_errors_included(
     replies = list(stub.ModelStreamInfer(iter(requests)))
     assert [r.infer_response.id for r in replies] == ["a", "b", "c"]
     assert [bool(r.error_message) for r in replies] == [False, True, False]
-    assert "unknown model 'nope'" in replies[1].error_message
+    assert "Request for unknown model: 'nope' is not found" in replies[1].error_message
     assert list(replies[2].infer_response.outputs[0].shape) == [4, 10]
 
 
@@ -254,3 +275,28 @@ def _counted_ok(text: str, model: str) -> bool:
 
 def test_client_mistakes_leave_no_traceback_in_the_log(zoo_server) -> None:
     assert "Traceback" not in zoo_server.log()
+
+
+def test_classification_returns_the_top_classes_as_triton_does(
+    stub, model_names, request_for, reference, random_images
+) -> None:
+    """Triton's classification extension: the requested output as BYTES
+    "value:index:label", the largest first, per batch item."""
+    model, images = model_names[0], random_images(3)
+    request = request_for(model, images)
+    asked = request.outputs.add(name="probabilities")
+    asked.parameters["classification"].int64_param = 3
+    reply = stub.ModelInfer(request, timeout=30)
+    (output,) = reply.outputs
+    assert (output.name, output.datatype, list(output.shape)) == ("probabilities", "BYTES", [3, 3])
+    raw, items = reply.raw_output_contents[0], []
+    while raw:  # 4-byte little-endian lengths, then the bytes
+        size = int.from_bytes(raw[:4], "little")
+        items.append(raw[4 : 4 + size].decode())
+        raw = raw[4 + size :]
+    expected = reference(model, images)["probabilities"]
+    for row, texts in zip(expected, [items[i : i + 3] for i in (0, 3, 6)], strict=True):
+        top = np.argsort(-row, kind="stable")[:3]
+        assert [int(t.split(":")[1]) for t in texts] == top.tolist()
+        assert [t.split(":")[2] for t in texts] == [str(i) for i in top]  # the card's labels
+        assert [float(t.split(":")[0]) for t in texts] == pytest.approx(row[top], abs=1e-5)

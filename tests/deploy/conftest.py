@@ -36,7 +36,10 @@ from referencing import Registry, Resource
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-_READY = re.compile(r"ready on (\S+):(\d+)(?:, metrics on port (\d+))?")
+# zoo serve's one line of output: "zoo serve: ready on HOST:PORT, metrics on port M, ...".
+_READY = re.compile(r"ready on (\S+):(\d+)")
+_METRICS_PORT = re.compile(r"metrics on port (\d+)")
+_HTTP_PORT = re.compile(r"http on port (\d+)")
 
 
 # --- Dockerfiles -------------------------------------------------------------------------
@@ -311,6 +314,7 @@ class ContainerProcess:
     process: subprocess.Popen
     address: str
     metrics_port: int | None
+    http_port: int | None
     log_path: Path
 
     def log(self) -> str:
@@ -338,15 +342,22 @@ def local_command(argv: list[str]) -> list[str]:
 @pytest.fixture
 def start_container_command(tmp_path: Path) -> Iterator[Callable[..., ContainerProcess]]:
     """start(argv, env, pythonpath, repository=None) runs the container's argv (ENTRYPOINT
-    + CMD or args) with the container's env, on free ports of 127.0.0.1 and, if given, on
-    `repository` in place of the container's: later flags win in argparse, so these are
-    appended. `pythonpath` is put first on PYTHONPATH (image_pythonpath)."""
+    + CMD or args) with the container's env, on 127.0.0.1 with a free port for each port
+    it opens (those it turns off stay off) and, if given, on `repository` in place of the
+    container's: later flags win in argparse, so these are appended. `pythonpath` is put
+    first on PYTHONPATH (image_pythonpath)."""
     started: list[ContainerProcess] = []
 
     def start(
         argv: list[str], env: dict[str, str], pythonpath: Path, repository: Path | None = None
     ) -> ContainerProcess:
-        overrides = ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
+        assert argv[:2] == ["zoo", "serve"], argv
+        settings = parse_serve(argv[2:], env)
+        overrides = ["--host", "127.0.0.1", "--port", "0"]
+        opened = {"--metrics-port": settings.metrics_port, "--http-port": settings.http_port}
+        for flag, port in opened.items():
+            if port >= 0:
+                overrides += [flag, "0"]
         if repository is not None:
             overrides += ["--repository", str(repository)]
         command = [*local_command(argv), *overrides]
@@ -364,10 +375,10 @@ def start_container_command(tmp_path: Path) -> Iterator[Callable[..., ContainerP
             process.kill()
             process.wait()
             raise AssertionError(f"{command} did not start: {line!r}\n{log_path.read_text()}")
-        metrics = int(match.group(3)) if match.group(3) else None
-        started.append(
-            ContainerProcess(process, f"{match.group(1)}:{match.group(2)}", metrics, log_path)
-        )
+        ports = [pattern.search(line) for pattern in (_METRICS_PORT, _HTTP_PORT)]
+        metrics, http = (int(m.group(1)) if m else None for m in ports)
+        address = f"{match.group(1)}:{match.group(2)}"
+        started.append(ContainerProcess(process, address, metrics, http, log_path))
         return started[-1]
 
     yield start
@@ -408,27 +419,29 @@ def infer_with_tritonclient() -> Callable[[str, Path], dict[str, Any]]:
     return infer_in_a_tritonclient_process
 
 
-@pytest.fixture(scope="session")
-def parse_serve_args() -> Callable[..., Any]:
-    """parse_serve_args(argv, env) -> the ServeSettings `zoo serve` builds from them
-    (its own parser; only `env`'s ZOO_ variables are seen)."""
+def parse_serve(argv: list[str], env: dict[str, str] | None = None) -> Any:
+    """The ServeSettings `zoo serve ARGV` builds, seeing only `env`'s ZOO_ variables."""
     import argparse
 
     from server.settings import ServeSettings
     from zoo.settings import add_settings_arguments, settings_from_args
 
-    def parse(argv: list[str], env: dict[str, str] | None = None) -> ServeSettings:
-        parser = argparse.ArgumentParser(prog="zoo serve")
-        add_settings_arguments(parser, ServeSettings)
-        saved = {k: v for k, v in os.environ.items() if k.startswith("ZOO_")}
-        try:
-            for key in saved:
-                del os.environ[key]
-            os.environ.update({k: v for k, v in (env or {}).items() if k.startswith("ZOO_")})
-            return settings_from_args(ServeSettings, parser.parse_args(argv))
-        finally:
-            for key in [k for k in os.environ if k.startswith("ZOO_")]:
-                del os.environ[key]
-            os.environ.update(saved)
+    parser = argparse.ArgumentParser(prog="zoo serve")
+    add_settings_arguments(parser, ServeSettings)
+    saved = {k: v for k, v in os.environ.items() if k.startswith("ZOO_")}
+    try:
+        for key in saved:
+            del os.environ[key]
+        os.environ.update({k: v for k, v in (env or {}).items() if k.startswith("ZOO_")})
+        return settings_from_args(ServeSettings, parser.parse_args(argv))
+    finally:
+        for key in [k for k in os.environ if k.startswith("ZOO_")]:
+            del os.environ[key]
+        os.environ.update(saved)
 
-    return parse
+
+@pytest.fixture(scope="session")
+def parse_serve_args() -> Callable[..., Any]:
+    """parse_serve_args(argv, env=None) -> the ServeSettings `zoo serve` builds from them
+    (its own parser; only `env`'s ZOO_ variables are seen)."""
+    return parse_serve

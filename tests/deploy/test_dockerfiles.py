@@ -6,7 +6,10 @@ answering tritonclient."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -103,7 +106,7 @@ def test_image_bakes_the_repository_where_zoo_serve_looks(dockerfile, name: str)
     (baked,) = [c.dest for c in final.copies if c.sources == ["model_repository"]]
     assert final.env["ZOO_REPOSITORY"] == baked
     assert final.entrypoint == ["zoo", "serve"]
-    assert final.expose == [8001, 8002]  # gRPC and metrics; no HTTP port yet
+    assert final.expose == [8000, 8001, 8002]  # HTTP, gRPC, metrics
 
 
 @pytest.mark.parametrize("name", IMAGES)
@@ -122,7 +125,9 @@ def test_image_command_is_what_zoo_serve_accepts(
     final = dockerfile(name).final
     settings = parse_serve_args(final.cmd, final.env)
     assert settings.device == device
-    assert (settings.host, settings.port, settings.metrics_port) == ("0.0.0.0", 8001, 8002)
+    ports = (settings.http_port, settings.port, settings.metrics_port)
+    assert settings.host == "0.0.0.0" and ports == (8000, 8001, 8002)
+    assert sorted(ports) == final.expose
     assert str(settings.repository) == final.env["ZOO_REPOSITORY"]
 
 
@@ -184,3 +189,31 @@ def test_cuda_image_command_serves_on_the_gpu(
     report = infer_with_tritonclient(server.address, repository_copy)
     assert report["model_ready"] and report["max_diff"] < 1e-3, report
     assert server.stop() == 0, server.log()
+
+
+def test_copied_sources_build_a_complete_wheel(dockerfile, tmp_path: Path) -> None:
+    # What `pip install --no-deps /src` builds in the image, built here from the files the
+    # build stage copies (less what .dockerignore drops), offline with this venv's setuptools.
+    src = tmp_path / "src"
+    for copy in dockerfile("Dockerfile").stages[0].copies:
+        if not copy.dest.startswith("/src"):
+            continue
+        for source in copy.sources:
+            relative = Path(copy.dest).relative_to("/src")
+            target = src / relative / source if copy.dest.endswith("/") else src / relative
+            if (ROOT / source).is_dir():
+                ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+                shutil.copytree(ROOT / source, target, ignore=ignore)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / source, target)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    command += ["--no-index", "--quiet", "--wheel-dir", str(tmp_path / "wheels"), str(src)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (wheel,) = (tmp_path / "wheels").glob("modelzoo-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {"zoo/cli.py", "server/cli.py", "server/web/index.html", "proto/grpc_service.proto"}
+    assert wanted <= names
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "zoo = zoo.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

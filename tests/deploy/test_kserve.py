@@ -64,6 +64,8 @@ def test_runtime_command_serves_the_kserve_mount_on_its_h2c_port(
     annotations = runtime(load_yaml)["spec"]["annotations"]
     assert int(annotations["prometheus.kserve.io/port"]) == settings.metrics_port
     assert container["image"] == "modelzoo:cpu" and settings.device == "cpu"
+    # KServe routes the one port; REST stays off rather than listen unrouted.
+    assert settings.http_port == -1
 
 
 def test_inference_service_names_the_runtime(load_yaml, parse_serve_args) -> None:

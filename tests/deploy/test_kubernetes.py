@@ -67,6 +67,7 @@ def test_deployment_args_are_what_zoo_serve_accepts(
     settings = parse_serve_args(container["args"], image.env)
     assert settings.port == container_port(container, "grpc")
     assert settings.metrics_port == container_port(container, "metrics")
+    assert settings.http_port == container_port(container, "http")
     volumes = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert str(settings.repository) == volumes["models"]
 
@@ -141,11 +142,11 @@ def test_selectors_and_references_meet(rendered, kustomization: str) -> None:
     assert server_container(deployment)["resources"]["requests"]["cpu"]
 
 
-def test_service_exposes_grpc_and_metrics_only(rendered) -> None:
+def test_service_exposes_every_container_port(rendered) -> None:
     docs = rendered("k8s/base")
     container = server_container(the(docs, "Deployment"))
     ports = {p["name"]: p for p in the(docs, "Service")["spec"]["ports"]}
-    assert set(ports) == {"grpc", "metrics"}  # no HTTP/REST port: the server has none yet
+    assert set(ports) == {p["name"] for p in container["ports"]} == {"http", "grpc", "metrics"}
     for name, port in ports.items():
         assert port["targetPort"] == name
         assert port["port"] == container_port(container, name)
@@ -187,6 +188,10 @@ def test_deployment_command_answers_its_probes_and_scrapes(
     url = f"http://127.0.0.1:{server.metrics_port}{annotations['prometheus.io/path']}"
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200 and b"# TYPE" in response.read()
+    # The REST API on the Service's http port: KServe v2's readiness.
+    ready = f"http://127.0.0.1:{server.http_port}/v2/health/ready"
+    with urllib.request.urlopen(ready, timeout=10) as response:
+        assert response.status == 200
     report = infer_with_tritonclient(server.address, repository_copy)
     assert report["model_ready"] and report["max_diff"] < 1e-5, report
     assert server.stop() == 0, server.log()

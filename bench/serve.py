@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "seconds": args.seconds,
         "cpus": os.cpu_count(),
+        "load_average_before": [round(v, 2) for v in os.getloadavg()],  # other work
         "machine": platform.platform(),
         "repository": str(args.repository),
         "models": models,

@@ -19,7 +19,7 @@ from client.errors import InferenceServerException
 from client.prediction import Prediction
 from proto import grpc_service_pb2 as pb
 from zoo.card import CARD_METADATA_KEY, OUTPUT_PROBABILITIES, ModelCard, TensorSpec
-from zoo.datatypes import DATATYPES
+from zoo.datatypes import BYTES, DATATYPES, decode_bytes, encode_bytes
 from zoo.errors import InvalidArgumentError
 
 T = TypeVar("T")
@@ -224,6 +224,8 @@ def dtype_of(datatype: str) -> np.dtype:
 
 
 def datatype_of(array: np.ndarray) -> str:
+    if array.dtype.kind in "OSU":  # str or bytes objects, numpy's fixed-size strings
+        return BYTES
     for name, (dtype, _) in DATATYPES.items():
         if dtype == array.dtype.newbyteorder("<"):
             return name
@@ -243,6 +245,9 @@ def build_infer_request(
     for input_name, array in inputs.items():
         datatype = datatype_of(array)
         request.inputs.add(name=input_name, datatype=datatype, shape=array.shape)
+        if datatype == BYTES:
+            request.raw_input_contents.append(encode_bytes(array))
+            continue
         request.raw_input_contents.append(np.ascontiguousarray(array, dtype_of(datatype)).tobytes())
     for output_name in outputs:
         request.outputs.add(name=output_name)
@@ -270,6 +275,16 @@ def _decode_one(output: Any, raw: bytes | None) -> np.ndarray:
         )
     dtype, field = DATATYPES[output.datatype]
     shape = tuple(output.shape)
+    if output.datatype == BYTES:  # an object array of bytes, as tritonclient's as_numpy
+        try:
+            items = decode_bytes(raw) if raw is not None else list(output.contents.bytes_contents)
+        except InvalidArgumentError as error:
+            raise _malformed(f"output {output.name!r}: {error}") from None
+        if len(items) != int(np.prod(shape)):
+            raise _malformed(f"output {output.name!r}: {len(items)} strings for {shape}")
+        array = np.empty(len(items), dtype=object)
+        array[:] = items
+        return array.reshape(shape)
     if raw is not None:
         expected = int(np.prod(shape)) * dtype.itemsize
         if len(raw) != expected:

@@ -115,7 +115,11 @@ class ZooServer:
         self.core.start()
         if self.role is not None:
             replay_journal(
-                self.role, lambda r: self.core.load(r.model_name, r.parameters), self.core.unload
+                self.role,
+                lambda r: self.core.load(r.model_name, r.parameters),
+                self.core.unload,
+                lambda r: self.core.register_shared_memory(r.name, r.key, r.offset, r.byte_size),
+                self.core.unregister_shared_memory,
             )
         if not self.core.manager.index():
             log.warning("the repository %s holds no model folder", self.settings.repository)

@@ -14,8 +14,11 @@ from functools import cached_property
 import numpy as np
 
 from proto.grpc_service_pb2 import InferParameter, ModelInferRequest, ModelInferResponse
-from zoo.datatypes import DATATYPES
+from server.shared_memory import SharedMemoryRegistry, Slot
+from zoo.datatypes import BYTES, DATATYPES, decode_bytes, encode_bytes
 from zoo.errors import InvalidArgumentError
+
+__all__ = ["decode_bytes", "encode_bytes"]  # BYTES' raw form, for the REST layer too
 
 
 @dataclass(frozen=True)
@@ -59,16 +62,11 @@ OUTPUT_PARAMETERS = {"classification": _INTEGER, "binary_data": _BOOL, **INPUT_P
 
 
 SHARED_MEMORY = "shared_memory_region"
+SHARED_MEMORY_OFFSET = "shared_memory_offset"
+SHARED_MEMORY_BYTE_SIZE = "shared_memory_byte_size"
 
 
 def check_parameters(parameters: Mapping[str, InferParameter], known: dict, where: str) -> None:
-    if SHARED_MEMORY in parameters:
-        # Answering without reading or writing the region would hand the client wrong
-        # data (an output it reads from the region would never be written): refused.
-        raise InvalidArgumentError(
-            f"{where}: shared memory (parameter {SHARED_MEMORY!r}) is not supported here; "
-            "send the tensor's contents in the request"
-        )
     for key, value in parameters.items():
         allowed = known.get(key)
         if allowed is None:
@@ -109,25 +107,78 @@ def _typed(spec: TensorSpec, tensor: ModelInferRequest.InferInputTensor, count: 
         raise InvalidArgumentError(
             f"input {spec.name!r}: expected {count} values in contents.{field}, got {len(values)}"
         )
+    if spec.datatype == BYTES:
+        return _texts(spec, values)
     return np.array(values, dtype=dtype)
 
 
-def _raw(spec: TensorSpec, raw: bytes, count: int) -> np.ndarray:
+def _texts(spec: TensorSpec, items: Sequence[bytes]) -> np.ndarray:
+    """BYTES elements as the str objects onnxruntime's string tensors take (it would
+    turn a bytes object into the text "b'...'"): UTF-8, or the client's mistake."""
+    texts = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        try:
+            texts[i] = item.decode()
+        except UnicodeDecodeError as error:
+            raise InvalidArgumentError(
+                f"input {spec.name!r}: element {i} is not UTF-8 text ({error.reason} at byte "
+                f"{error.start}); the model's string tensors hold text"
+            ) from None
+    return texts
+
+
+def _raw(spec: TensorSpec, raw: bytes, count: int, source: str = "raw contents") -> np.ndarray:
+    if spec.datatype == BYTES:
+        items = decode_bytes(raw)
+        if len(items) != count:
+            raise InvalidArgumentError(
+                f"input {spec.name!r}: expected {count} BYTES elements in its {source}, "
+                f"got {len(items)}"
+            )
+        return _texts(spec, items)
     expected = count * spec.dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgumentError(
-            f"input {spec.name!r}: expected {expected} bytes of raw contents, got {len(raw)}"
+            f"input {spec.name!r}: expected {expected} bytes of {source}, got {len(raw)}"
         )
     return np.frombuffer(raw, dtype=spec.dtype)
+
+
+def _slot(
+    parameters: Mapping[str, InferParameter], memory: SharedMemoryRegistry | None, what: str
+) -> Slot | None:
+    """Where a tensor lies in shared memory, when its parameters name a region."""
+    if SHARED_MEMORY not in parameters:
+        return None
+    if memory is None:
+        raise InvalidArgumentError(f"{what}: shared memory is not served here")
+    name = parameters[SHARED_MEMORY].string_param  # a string: check_parameters said so
+    # Integers, when present: check_parameters said so.
+    offset = _integer(parameters, SHARED_MEMORY_OFFSET)
+    size = _integer(parameters, SHARED_MEMORY_BYTE_SIZE)
+    return memory.slot(name, offset or 0, size, what)
+
+
+def _integer(parameters: Mapping[str, InferParameter], key: str) -> int | None:
+    if key not in parameters:
+        return None
+    parameter = parameters[key]
+    kind = parameter.WhichOneof("parameter_choice")
+    return int(getattr(parameter, kind)) if kind else 0
 
 
 def _raw_contents(request: ModelInferRequest) -> Sequence[bytes] | None:
     raw = request.raw_input_contents
     if not raw:
         return None
-    if len(raw) != len(request.inputs):
+    # Inputs in shared memory have no raw contents (as in Triton).
+    expected = sum(SHARED_MEMORY not in t.parameters for t in request.inputs)
+    if len(raw) != expected:
+        shared = len(request.inputs) - expected
         raise InvalidArgumentError(
-            f"expected one raw_input_contents per input ({len(request.inputs)}), got {len(raw)}"
+            f"expected one raw_input_contents per input ({expected}"
+            + (f": {shared} more are in shared memory" if shared else "")
+            + f"), got {len(raw)}"
         )
     typed = [t.name for t in request.inputs if t.HasField("contents")]
     if typed:
@@ -140,14 +191,19 @@ def _raw_contents(request: ModelInferRequest) -> Sequence[bytes] | None:
 
 
 def decode_inputs(
-    request: ModelInferRequest, specs: dict[str, TensorSpec], max_batch_size: int
+    request: ModelInferRequest,
+    specs: dict[str, TensorSpec],
+    max_batch_size: int,
+    memory: SharedMemoryRegistry | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """The request's inputs as arrays, checked against the model; and the batch size."""
+    """The request's inputs as arrays, checked against the model; and the batch size.
+    An input may lie in a region of `memory` (its shared_memory_* parameters)."""
     if request.parameters:
         check_parameters(request.parameters, REQUEST_PARAMETERS, "request")
     raw = _raw_contents(request)
+    next_raw = 0
     arrays: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(request.inputs):
+    for tensor in request.inputs:
         spec = specs.get(tensor.name)
         if spec is None:
             raise InvalidArgumentError(
@@ -164,7 +220,16 @@ def decode_inputs(
         shape = tuple(tensor.shape)
         _check_shape(spec, shape, max_batch_size)
         count = math.prod(shape)
-        flat = _raw(spec, raw[i], count) if raw is not None else _typed(spec, tensor, count)
+        slot = (
+            _slot(tensor.parameters, memory, f"input {spec.name!r}") if tensor.parameters else None
+        )
+        if slot is not None:
+            flat = _shared(spec, tensor, slot, count)
+        elif raw is not None:
+            flat = _raw(spec, raw[next_raw], count)
+            next_raw += 1
+        else:
+            flat = _typed(spec, tensor, count)
         arrays[spec.name] = flat.reshape(shape)
     if len(arrays) != len(specs):
         missing = sorted(set(specs) - set(arrays))
@@ -175,6 +240,23 @@ def decode_inputs(
     if len(arrays) > 1 and any(len(a) != batch for a in arrays.values()):
         raise InvalidArgumentError("inputs disagree on the batch size (their first dimension)")
     return arrays, batch
+
+
+def _shared(
+    spec: TensorSpec, tensor: ModelInferRequest.InferInputTensor, slot: Slot, count: int
+) -> np.ndarray:
+    if tensor.HasField("contents"):
+        raise InvalidArgumentError(
+            f"unexpected 'content' provided when using shared memory for input tensor "
+            f"{spec.name!r}: send it in one place"
+        )
+    if spec.datatype != BYTES and slot.byte_size != count * spec.dtype.itemsize:
+        raise InvalidArgumentError(
+            f"input {spec.name!r}: expected shared_memory_byte_size {count * spec.dtype.itemsize} "
+            f"for {spec.datatype} {list(tensor.shape)}, got {slot.byte_size}"
+        )
+    # A copy: the client may write the region again while the model runs.
+    return _raw(spec, slot.read(), count, "shared memory")
 
 
 def request_timeout_s(request: ModelInferRequest, model: str) -> float | None:
@@ -218,14 +300,23 @@ def _set(parameter: InferParameter) -> bool:
 @dataclass(frozen=True)
 class Requested:
     """One output to return: the model's output `index`, whole, or (class_count > 0)
-    as the top class_count classes (Triton's classification extension)."""
+    as the top class_count classes (Triton's classification extension); written into
+    shared memory instead of the reply when `target` is set."""
 
     index: int
     class_count: int = 0
+    target: Slot | None = None
 
 
-def requested_outputs(request: ModelInferRequest, outputs: dict[str, int]) -> list[Requested]:
-    """The outputs to return, in the requested order (all of them when none is named)."""
+def requested_outputs(
+    request: ModelInferRequest,
+    outputs: dict[str, int],
+    memory: SharedMemoryRegistry | None = None,
+    specs: Sequence[TensorSpec] = (),
+) -> list[Requested]:
+    """The outputs to return, in the requested order (all of them when none is named).
+    `specs`, the model's outputs by index, lets a classification of a BYTES output be
+    refused before the model runs."""
     if not request.outputs:
         return [Requested(i) for i in outputs.values()]
     wanted = []
@@ -241,7 +332,18 @@ def requested_outputs(request: ModelInferRequest, outputs: dict[str, int]) -> li
             raise InvalidArgumentError(
                 f"output {o.name!r}: classification count must be >= 0, got {count}"
             )
-        wanted.append(Requested(outputs[o.name], count))
+        index = outputs[o.name]
+        if count and index < len(specs) and specs[index].datatype == BYTES:
+            raise InvalidArgumentError(
+                f"output {o.name!r}: classification needs a numeric output, got BYTES"
+            )
+        target = _slot(o.parameters, memory, f"output {o.name!r}") if o.parameters else None
+        if target is not None and count:
+            raise InvalidArgumentError(
+                f"output {o.name!r}: output can't set both 'shared_memory_region' and "
+                "'classification'"
+            )
+        wanted.append(Requested(index, count, target))
     return wanted
 
 
@@ -267,45 +369,30 @@ def classify(array: np.ndarray, count: int, labels: Sequence[str], batched: bool
     return result if batched else result[0]
 
 
-def encode_bytes(array: np.ndarray) -> bytes:
-    """A BYTES tensor in KServe v2's raw form: each element's length (4 bytes, little
-    endian), then its bytes, row-major."""
-    parts = []
-    for item in array.ravel():
-        data = item if isinstance(item, bytes) else str(item).encode()
-        parts += [len(data).to_bytes(4, "little"), data]
-    return b"".join(parts)
-
-
-def decode_bytes(raw: bytes) -> list[bytes]:
-    """The elements of a raw BYTES tensor."""
-    items, offset = [], 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidArgumentError(f"BYTES tensor: a length prefix is cut at byte {offset}")
-        size = int.from_bytes(raw[offset : offset + 4], "little")
-        offset += 4
-        if offset + size > len(raw):
-            raise InvalidArgumentError(
-                f"BYTES tensor: an element of {size} bytes runs past the end ({len(raw)} bytes)"
-            )
-        items.append(raw[offset : offset + size])
-        offset += size
-    return items
-
-
 def encode_outputs(
-    response: ModelInferResponse, specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]
+    response: ModelInferResponse,
+    specs: Sequence[TensorSpec],
+    arrays: Sequence[np.ndarray],
+    targets: Sequence[Slot | None] = (),
 ) -> None:
     """Append outputs as raw_output_contents: tritonclient's as_numpy reads only those.
-    An object array (classification's strings) goes as BYTES."""
-    for spec, array in zip(specs, arrays, strict=True):
+    An object array (strings: a BYTES output, classification's) goes as BYTES. An output
+    with a target is written there; its entry in raw_output_contents stays empty, so that
+    the entries still pair with the outputs by position (as Triton answers)."""
+    for i, (spec, array) in enumerate(zip(specs, arrays, strict=True)):
         out = response.outputs.add()
         out.name = spec.name
         out.shape.extend(array.shape)
+        target = targets[i] if targets else None
         if array.dtype == object:
-            out.datatype = "BYTES"
-            response.raw_output_contents.append(encode_bytes(array))
-            continue
-        out.datatype = spec.datatype
-        response.raw_output_contents.append(np.ascontiguousarray(array, spec.dtype).tobytes())
+            out.datatype = BYTES
+            data: bytes | np.ndarray = encode_bytes(array)
+        else:
+            out.datatype = spec.datatype
+            data = np.ascontiguousarray(array, spec.dtype)
+        if target is not None:
+            target.write(data)
+            response.raw_output_contents.append(b"")
+        else:
+            raw = data if isinstance(data, bytes) else data.tobytes()
+            response.raw_output_contents.append(raw)

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 import zoo
 from proto.grpc_service_pb2 import (
+    CudaSharedMemoryStatusResponse,
     InferBatchStatistics,
     InferStatistics,
     ModelConfigResponse,
@@ -26,6 +27,7 @@ from proto.grpc_service_pb2 import (
     RepositoryIndexResponse,
     ServerMetadataResponse,
     StatisticDuration,
+    SystemSharedMemoryStatusResponse,
 )
 from proto.model_config_pb2 import ModelConfig
 from server.batcher import CallContext
@@ -34,8 +36,15 @@ from server.metrics import ServerMetrics
 from server.model import LoadedModel
 from server.runtime import create_session, resolve_providers, session_options
 from server.settings import ServeSettings
+from server.shared_memory import SharedMemoryRegistry
 from server.stats import Duration
-from zoo.errors import FailedPreconditionError, InvalidArgumentError, ZooError
+from zoo.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnimplementedError,
+    ZooError,
+)
 from zoo.repository import model_file
 
 log = logging.getLogger(__name__)
@@ -43,7 +52,7 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "modelzoo"
 # What perf_analyzer and tritonclient look for: "statistics" makes perf_analyzer
 # call ModelStatistics.
-EXTENSIONS = ("model_repository", "model_configuration", "statistics")
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "system_shared_memory")
 
 
 def _duration(d: Duration) -> StatisticDuration:
@@ -119,6 +128,7 @@ class InferenceCore:
             settings.intra_op_threads, settings.inter_op_threads, settings.spin
         )
         self.manager = ModelManager(settings.repository, self._load, on_change)
+        self.shared_memory = SharedMemoryRegistry()
         self.ready = False
         self._metadata = ServerMetadataResponse(
             name=SERVER_NAME, version=zoo.__version__, extensions=EXTENSIONS
@@ -169,7 +179,8 @@ class InferenceCore:
         return self.manager.get(name, version).config_reply
 
     def infer(self, request: ModelInferRequest, ctx: CallContext | None) -> ModelInferResponse:
-        return self.manager.get(request.model_name, request.model_version).infer(request, ctx)
+        model = self.manager.get(request.model_name, request.model_version)
+        return model.infer(request, ctx, self.shared_memory)
 
     def statistics(self, name: str, version: str) -> ModelStatisticsResponse:
         if not name:
@@ -204,3 +215,39 @@ class InferenceCore:
     def unload(self, name: str) -> None:
         self._check_model_control()
         self.manager.unload(name)
+
+    # -- shared memory (Triton's extensions) --
+
+    def shared_memory_status(self, name: str) -> SystemSharedMemoryStatusResponse:
+        reply = SystemSharedMemoryStatusResponse()
+        for r in self.shared_memory.status(name):
+            reply.regions[r.name].CopyFrom(
+                SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size
+                )
+            )
+        return reply
+
+    def register_shared_memory(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shared_memory.register(name, key, offset, byte_size)
+        log.info("registered shared memory region %r (%s, %d bytes)", name, key, byte_size)
+
+    def unregister_shared_memory(self, name: str) -> None:
+        self.shared_memory.unregister(name)
+
+    # CUDA shared memory: no region can be registered here, so the status is empty and
+    # unregistering one is a no-op (perf_analyzer unregisters all at start).
+
+    def cuda_shared_memory_status(self, name: str) -> CudaSharedMemoryStatusResponse:
+        if name:
+            raise NotFoundError(
+                f"Unable to find cuda shared memory region: {name!r}: this server registers "
+                "no CUDA shared memory"
+            )
+        return CudaSharedMemoryStatusResponse()
+
+    def register_cuda_shared_memory(self, name: str) -> None:
+        raise UnimplementedError(
+            f"cannot register CUDA shared memory region {name!r}: this server does not "
+            "support CUDA shared memory; use system shared memory or send tensors in requests"
+        )

@@ -11,6 +11,11 @@ Binary tensor extension (Triton): a body may be a JSON header of
 `Inference-Header-Content-Length` bytes followed by raw little-endian tensors, each
 input's size in its `binary_data_size` parameter; outputs come back the same way when
 asked for (`binary_data_output`, or an output's `binary_data`).
+
+BYTES tensors travel as JSON strings (UTF-8) or, in binary, in their raw form (each
+element's 4-byte little-endian length, then its bytes). A tensor in system shared
+memory (Triton's /v2/systemsharedmemory extension) names its region in its parameters
+and carries no data; an output written there comes back without data.
 """
 
 from __future__ import annotations
@@ -33,13 +38,13 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from proto import grpc_service_pb2 as pb
-from server.codec import decode_bytes
+from server.codec import SHARED_MEMORY, decode_bytes, encode_bytes
 from server.core import InferenceCore
 from server.security import bearer_refusal
 from server.settings import ServeSettings
 from server.status import HTTP_STATUS, failure
 from server.workers import Peers, merge_statistics
-from zoo.datatypes import DATATYPES
+from zoo.datatypes import BYTES, DATATYPES
 from zoo.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, ZooError
 
 log = logging.getLogger(__name__)
@@ -169,6 +174,9 @@ def infer_request(
         dtype = DATATYPES.get(entry.datatype, (None, None))[0]
         if dtype is None:
             raise ClientError(f"{where}: unsupported datatype {entry.datatype!r}")
+        _one_source(tensor, entry.parameters, where)
+        if SHARED_MEMORY in entry.parameters:
+            continue  # the core reads it from the region
         if "binary_data_size" in entry.parameters:
             size = entry.parameters["binary_data_size"].int64_param
             if size < 0 or offset + size > len(binary):
@@ -180,8 +188,14 @@ def infer_request(
             offset += size
             del entry.parameters["binary_data_size"]
             continue
-        if "data" not in tensor:
-            raise ClientError(f"{where}: expected 'data' or a binary_data_size parameter")
+        if entry.datatype == BYTES:
+            texts = _json_texts(tensor["data"], where)
+            if len(texts) != math.prod(shape):
+                raise ClientError(
+                    f"{where}: shape {shape} needs {math.prod(shape)} strings, got {len(texts)}"
+                )
+            request.raw_input_contents.append(encode_bytes(np.array(texts, dtype=object)))
+            continue
         try:
             array = np.asarray(tensor["data"], dtype=dtype)
         except (TypeError, ValueError, OverflowError) as error:
@@ -196,17 +210,56 @@ def infer_request(
             f"{len(binary) - offset} bytes after the header belong to no input "
             f"(binary_data_size of the inputs adds up to {offset})"
         )
-    if len(request.raw_input_contents) != len(request.inputs):
-        raise ClientError("mixed JSON and binary inputs: give every input the same way")
     binary_default = header.get("parameters", {}).get("binary_data_output", False) is True
     for i, output in enumerate(header.get("outputs") or ()):
         if not isinstance(output, dict) or "name" not in output:
             raise ClientError(f"outputs[{i}]: expected an object with a 'name'")
         entry = request.outputs.add(name=str(output["name"]))
-        _parameters(entry.parameters, output.get("parameters"), f"output {entry.name!r}")
-        if "binary_data" not in entry.parameters and binary_default:
+        where = f"output {entry.name!r}"
+        _parameters(entry.parameters, output.get("parameters"), where)
+        if SHARED_MEMORY in entry.parameters:
+            binary = entry.parameters.get("binary_data")
+            if binary is not None and binary.WhichOneof("parameter_choice") and binary.bool_param:
+                raise ClientError(
+                    f"{where}: Output can't set both 'shared_memory_region' and 'binary_data'"
+                )
+        elif "binary_data" not in entry.parameters and binary_default:
             entry.parameters["binary_data"].bool_param = True
     return request
+
+
+def _one_source(tensor: dict[str, Any], parameters: Any, where: str) -> None:
+    """An input's data comes from exactly one place (Triton's wording first)."""
+    given = [
+        name
+        for name, present in (
+            ("'data'", "data" in tensor),
+            ("'binary_data_size'", "binary_data_size" in parameters),
+            ("'shared_memory_region'", SHARED_MEMORY in parameters),
+        )
+        if present
+    ]
+    if len(given) != 1:
+        raise ClientError(
+            f"{where}: Input must set only one of the following fields: 'data', "
+            "'binary_data_size' in 'parameters', 'shared_memory_region' in 'parameters'. But "
+            + (f"set {' '.join(given)}" if given else "no field is set")
+        )
+
+
+def _json_texts(data: Any, where: str) -> list[bytes]:
+    """A BYTES tensor's JSON data (strings, flat or nested in arrays) as UTF-8 elements."""
+    texts: list[bytes] = []
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(reversed(item))
+        elif isinstance(item, str):
+            texts.append(item.encode(errors="surrogatepass"))
+        else:
+            raise ClientError(f"{where}: BYTES data must be strings, got {_kind(item)}")
+    return texts
 
 
 def infer_response(
@@ -222,6 +275,7 @@ def infer_response(
         for o in request.outputs
         if "binary_data" in o.parameters
     }
+    shared = {o.name for o in request.outputs if SHARED_MEMORY in o.parameters}
     outputs, tail = [], []
     for tensor, raw in zip(reply.outputs, reply.raw_output_contents, strict=True):
         entry: dict[str, Any] = {
@@ -229,10 +283,12 @@ def infer_response(
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
-        if wanted.get(tensor.name, binary_default):
+        if tensor.name in shared:
+            pass  # written into its region: the client reads it there
+        elif wanted.get(tensor.name, binary_default):
             entry["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
-        elif tensor.datatype == "BYTES":  # classification's "value:index:label" strings
+        elif tensor.datatype == BYTES:  # strings, or classification's "value:index:label"
             entry["data"] = [item.decode(errors="replace") for item in decode_bytes(raw)]
         else:
             entry["data"] = np.frombuffer(raw, DATATYPES[tensor.datatype][0]).tolist()
@@ -376,6 +432,7 @@ class HttpServer:
                 web.post("/v2/repository/index", self.repository_index),
                 web.post("/v2/repository/models/{name}/load", self.load),
                 web.post("/v2/repository/models/{name}/unload", self.unload),
+                *self._shared_memory_routes(),
                 web.get("/", self.page),
                 web.get("/web/{file}", self.web_file),
             ]
@@ -480,6 +537,69 @@ class HttpServer:
         await self._blocking(unload)
         return web.json_response({})
 
+    # -- shared memory (Triton's REST extensions) --
+
+    def _shared_memory_routes(self) -> list[web.RouteDef]:
+        system, cuda = "/v2/systemsharedmemory", "/v2/cudasharedmemory"
+        return [
+            web.get(f"{system}/status", self.shared_memory_status),
+            web.get(f"{system}/region/{{name}}/status", self.shared_memory_status),
+            web.post(f"{system}/region/{{name}}/register", self.register_shared_memory),
+            web.post(f"{system}/unregister", self.unregister_shared_memory),
+            web.post(f"{system}/region/{{name}}/unregister", self.unregister_shared_memory),
+            web.get(f"{cuda}/status", self.cuda_shared_memory_status),
+            web.get(f"{cuda}/region/{{name}}/status", self.cuda_shared_memory_status),
+            web.post(f"{cuda}/region/{{name}}/register", self.register_cuda_shared_memory),
+            web.post(f"{cuda}/unregister", self.unregister_cuda_shared_memory),
+            web.post(f"{cuda}/region/{{name}}/unregister", self.unregister_cuda_shared_memory),
+        ]
+
+    async def shared_memory_status(self, request: web.Request) -> web.Response:
+        reply = self.core.shared_memory_status(request.match_info.get("name", ""))
+        return web.json_response([_message_json(r) for _, r in sorted(reply.regions.items())])
+
+    async def register_shared_memory(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, default={})
+        message = pb.SystemSharedMemoryRegisterRequest(
+            name=request.match_info["name"],
+            key=_field(body, "key", str, "a string"),
+            offset=_field(body, "offset", int, "an integer >= 0", default=0),
+            byte_size=_field(body, "byte_size", int, "an integer >= 0"),
+        )
+
+        def register() -> None:
+            self.core.register_shared_memory(
+                message.name, message.key, message.offset, message.byte_size
+            )
+            if self.peers is not None:
+                self.peers.register_shared_memory(message)
+
+        await self._blocking(register)
+        return web.json_response({})
+
+    async def unregister_shared_memory(self, request: web.Request) -> web.Response:
+        await _json_body(request, default={})
+        message = pb.SystemSharedMemoryUnregisterRequest(name=request.match_info.get("name", ""))
+
+        def unregister() -> None:
+            self.core.unregister_shared_memory(message.name)
+            if self.peers is not None:
+                self.peers.unregister_shared_memory(message)
+
+        await self._blocking(unregister)
+        return web.json_response({})
+
+    async def cuda_shared_memory_status(self, request: web.Request) -> web.Response:
+        self.core.cuda_shared_memory_status(request.match_info.get("name", ""))
+        return web.json_response([])
+
+    async def register_cuda_shared_memory(self, request: web.Request) -> web.Response:
+        self.core.register_cuda_shared_memory(request.match_info["name"])
+        return web.json_response({})
+
+    async def unregister_cuda_shared_memory(self, request: web.Request) -> web.Response:
+        return web.json_response({})  # none is ever registered
+
     async def page(self, request: web.Request) -> web.StreamResponse:
         return _web_file("index.html")
 
@@ -498,6 +618,18 @@ def _web_file(name: str) -> web.StreamResponse:
 
 def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info["name"], request.match_info.get("version", "")
+
+
+def _field(body: dict[str, Any], key: str, kind: type, expected: str, default: Any = None) -> Any:
+    """body[key], of type `kind` (a bool is no integer), and not negative."""
+    value = body.get(key, default)
+    if value is None:
+        raise ClientError(f"Shared memory register request has no {key!r} field")
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        raise ClientError(f"{key!r}: expected {expected}, got {_kind(value)} {str(value)[:50]}")
+    if kind is int and value >= 2**64:
+        raise ClientError(f"{key!r}: expected {expected} below 2**64, got {value}")
+    return value
 
 
 def _split_body(request: web.Request, body: bytes) -> tuple[dict[str, Any], bytes]:

@@ -27,6 +27,7 @@ from server.codec import (
     requested_outputs,
 )
 from server.metrics import ServerMetrics
+from server.shared_memory import SharedMemoryRegistry
 from server.stats import BatchTiming, ModelStats
 from zoo.card import CARD_METADATA_KEY, ModelCard
 from zoo.datatypes import DATATYPES
@@ -47,6 +48,7 @@ ORT_DATATYPES = {
     "tensor(float16)": "FP16",
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
 }
 PLATFORMS = (PLATFORM_ONNX, "")
 BACKENDS = ("onnxruntime", "")
@@ -231,13 +233,19 @@ class LoadedModel:
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self._output_names, feeds)
 
-    def infer(self, request: ModelInferRequest, ctx: CallContext | None) -> ModelInferResponse:
-        """Decode, run (batched with others), encode; statistics on the way."""
+    def infer(
+        self,
+        request: ModelInferRequest,
+        ctx: CallContext | None,
+        memory: SharedMemoryRegistry | None = None,
+    ) -> ModelInferResponse:
+        """Decode, run (batched with others), encode; statistics on the way. Tensors may
+        lie in regions of `memory` (system shared memory)."""
         start = time.perf_counter_ns()
         self.metrics.in_flight.inc()
         try:
-            arrays, size = decode_inputs(request, self.inputs, self.max_batch_size)
-            wanted = requested_outputs(request, self.output_index)
+            arrays, size = decode_inputs(request, self.inputs, self.max_batch_size, memory)
+            wanted = requested_outputs(request, self.output_index, memory, self.outputs)
             timeout_s = request_timeout_s(request, self.name)
             result = self.batcher.submit(arrays, size, ctx, timeout_s)
         except ZooError as error:
@@ -249,19 +257,25 @@ class LoadedModel:
         response = ModelInferResponse(
             model_name=self.name, model_version=self.version, id=request.id
         )
-        encode_outputs(
-            response,
-            [self.outputs[w.index] for w in wanted],
-            [
-                classify(
-                    result.outputs[w.index], w.class_count, self._labels_of(w.index),
-                    batched=self.max_batch_size > 0,
-                )
-                if w.class_count
-                else result.outputs[w.index]
-                for w in wanted
-            ],
-        )  # fmt: skip
+        try:
+            encode_outputs(
+                response,
+                [self.outputs[w.index] for w in wanted],
+                [
+                    classify(
+                        result.outputs[w.index], w.class_count, self._labels_of(w.index),
+                        batched=self.max_batch_size > 0,
+                    )
+                    if w.class_count
+                    else result.outputs[w.index]
+                    for w in wanted
+                ],
+                [w.target for w in wanted],
+            )  # fmt: skip
+        except ZooError as error:  # an output larger than its slot of shared memory
+            self.stats.record_failure(time.perf_counter_ns() - start)
+            self.metrics.failed(error.code)
+            raise
         elapsed = time.perf_counter_ns() - start
         self.stats.record_success(size, elapsed, result.queue_ns, result.timing)
         self.metrics.ok.inc()

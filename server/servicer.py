@@ -207,3 +207,48 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         if (peers := self._fan_out(context)) is not None:
             peers.unload(request)
         return pb.RepositoryModelUnloadResponse()
+
+    @_translated
+    def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        return self._core.shared_memory_status(request.name)
+
+    @_translated
+    def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._core.register_shared_memory(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        if (peers := self._fan_out(context)) is not None:
+            peers.register_shared_memory(request)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_translated
+    def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._core.unregister_shared_memory(request.name)
+        if (peers := self._fan_out(context)) is not None:
+            peers.unregister_shared_memory(request)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_translated
+    def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Any
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        return self._core.cuda_shared_memory_status(request.name)
+
+    @_translated
+    def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        self._core.register_cuda_shared_memory(request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_translated
+    def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()  # none is ever registered

@@ -25,6 +25,7 @@ _TABLE: dict[str, tuple[grpc.StatusCode, int]] = {
     "DEADLINE_EXCEEDED": (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     "CANCELLED": (grpc.StatusCode.CANCELLED, 499),  # as nginx: the client went away
     "UNAUTHENTICATED": (grpc.StatusCode.UNAUTHENTICATED, 401),
+    "UNIMPLEMENTED": (grpc.StatusCode.UNIMPLEMENTED, 501),
     "INTERNAL": (grpc.StatusCode.INTERNAL, 500),
     "UNKNOWN": (grpc.StatusCode.UNKNOWN, 500),
 }

@@ -9,6 +9,9 @@ supervisor's runtime folder (0700), and:
   successive statistics; one worker's counts would jump between workers);
 - RepositoryModelLoad/Unload run in every worker, and are written to a journal that a
   worker started later (a restart) replays after its first repository scan;
+- so do SystemSharedMemoryRegister/Unregister: a region a client registered on one
+  connection is there whichever worker its next request reaches (each worker maps the
+  POSIX shared memory object itself);
 - repository polling needs nothing: every worker polls the folder itself.
 
 A call forwarded to a peer carries LOCAL_KEY and is honoured as local only when it
@@ -130,6 +133,24 @@ class Peers:
             f"unload {request.model_name!r}",
         )
 
+    def register_shared_memory(self, request: pb.SystemSharedMemoryRegisterRequest) -> None:
+        self._journal({"shm_register": request.name, "request": request.SerializeToString().hex()})
+        self._forward(
+            lambda stub: stub.SystemSharedMemoryRegister(
+                request, metadata=self._metadata, timeout=PEER_TIMEOUT_S
+            ),
+            f"registering shared memory region {request.name!r}",
+        )
+
+    def unregister_shared_memory(self, request: pb.SystemSharedMemoryUnregisterRequest) -> None:
+        self._journal({"shm_unregister": request.name})
+        self._forward(
+            lambda stub: stub.SystemSharedMemoryUnregister(
+                request, metadata=self._metadata, timeout=PEER_TIMEOUT_S
+            ),
+            f"unregistering shared memory region {request.name!r}",
+        )
+
     def _forward(self, call: Callable[[GRPCInferenceServiceStub], Any], what: str) -> None:
         failed = [
             f"{path.stem}: {answer.details()}"
@@ -155,8 +176,11 @@ def replay_journal(
     role: WorkerRole,
     load: Callable[[pb.RepositoryModelLoadRequest], None],
     unload: Callable[[str], None],
+    register: Callable[[pb.SystemSharedMemoryRegisterRequest], None] = lambda r: None,
+    unregister: Callable[[str], None] = lambda name: None,
 ) -> int:
-    """Redo, in order, the loads and unloads the workers made before this one started."""
+    """Redo, in order, the loads and unloads (and shared memory registrations) the
+    workers made before this one started."""
     path = role.runtime_dir / JOURNAL
     if not path.exists():
         return 0
@@ -165,8 +189,13 @@ def replay_journal(
         try:
             if "load" in entry:
                 load(pb.RepositoryModelLoadRequest.FromString(bytes.fromhex(entry["request"])))
-            else:
+            elif "unload" in entry:
                 unload(entry["unload"])
+            elif "shm_register" in entry:
+                request = bytes.fromhex(entry["request"])
+                register(pb.SystemSharedMemoryRegisterRequest.FromString(request))
+            elif "shm_unregister" in entry:
+                unregister(entry["shm_unregister"])
         except Exception as error:  # as it failed or succeeded in the others: logged
             log.warning("replaying %s: %s", entry, error)
     return len(entries)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from zoo.errors import InvalidArgumentError
+
 # KServe v2 datatype -> (numpy dtype, InferTensorContents field). Little-endian on
-# the wire, whatever the host. FP16/BF16 travel only as raw bytes; BF16 and BYTES
-# have no numpy type here and are refused at model load.
+# the wire, whatever the host. FP16/BF16 travel only as raw bytes; BF16 has no numpy
+# type here and is refused at model load. BYTES (strings) are numpy object arrays,
+# whose raw form is length-prefixed (encode_bytes), never the array's own bytes.
 DATATYPES: dict[str, tuple[np.dtype, str | None]] = {
     "BOOL": (np.dtype("?"), "bool_contents"),
     "UINT8": (np.dtype("u1"), "uint_contents"),
@@ -20,4 +23,33 @@ DATATYPES: dict[str, tuple[np.dtype, str | None]] = {
     "FP16": (np.dtype("<f2"), None),
     "FP32": (np.dtype("<f4"), "fp32_contents"),
     "FP64": (np.dtype("<f8"), "fp64_contents"),
+    "BYTES": (np.dtype(object), "bytes_contents"),
 }
+BYTES = "BYTES"
+
+
+def encode_bytes(array: np.ndarray) -> bytes:
+    """A BYTES tensor in KServe v2's raw form: each element's length (4 bytes, little
+    endian), then its bytes, row-major. A str element goes as UTF-8."""
+    parts = []
+    for item in array.ravel():
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts += [len(data).to_bytes(4, "little"), data]
+    return b"".join(parts)
+
+
+def decode_bytes(raw: bytes) -> list[bytes]:
+    """The elements of a raw BYTES tensor."""
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidArgumentError(f"BYTES tensor: a length prefix is cut at byte {offset}")
+        size = int.from_bytes(raw[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > len(raw):
+            raise InvalidArgumentError(
+                f"BYTES tensor: an element of {size} bytes runs past the end ({len(raw)} bytes)"
+            )
+        items.append(raw[offset : offset + size])
+        offset += size
+    return items

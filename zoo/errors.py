@@ -45,6 +45,12 @@ class CancelledError(ZooError):
     code = "CANCELLED"
 
 
+class UnimplementedError(ZooError):
+    """A protocol feature this server does not offer (e.g. CUDA shared memory)."""
+
+    code = "UNIMPLEMENTED"
+
+
 class DataError(InvalidArgumentError):
     """A data file is missing, truncated, foreign or fails its checksum."""
 

@@ -128,7 +128,7 @@ def _bad_requests(
         ),
         "sequence id": (sequence, invalid, "'sequence_id': model .* has no sequence batching"),
         "priority": (priority, invalid, "'priority': model .* has no priority levels .*got 2"),
-        "shared memory": (shared, invalid, "shared memory .* is not supported here"),
+        "shared memory": (shared, invalid, "Unable to find shared memory region: 'r'"),
         "batch too big": (too_big, invalid, "batch size 1000 outside 1.."),
         "output name": (unknown_output, invalid, "unknown output 'embedding'"),
         "no inputs": (nothing, invalid, r"missing inputs \['images'\]"),

@@ -181,6 +181,13 @@ def _first_line(process: subprocess.Popen) -> str:
     return process.stdout.readline()
 
 
+@pytest.fixture(scope="session")
+def launch_zoo_server() -> Callable[..., RunningServer]:
+    """launch_server(repository, *flags, log_path=...), for fixtures of a wider scope than
+    start_zoo_server's: they stop what they start."""
+    return launch_server
+
+
 @pytest.fixture
 def start_zoo_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """A factory: start_zoo_server(repository, *flags) -> RunningServer, stopped at teardown."""

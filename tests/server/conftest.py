@@ -164,3 +164,95 @@ def client_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     issue(folder, "client", issuer=issue(folder, "ca", ca=True))
     issue(folder, "stranger", issuer=issue(folder, "other-ca", ca=True))
     return folder
+
+
+# --- string (BYTES) models -----------------------------------------------------
+
+STRING_IDENTITY, STRING_ARITHMETIC = "string_identity", "string_arithmetic"
+Tensors = list[tuple[str, int]]  # (name, size of the one dimension after the batch; -1 any)
+
+
+def _string_model(
+    repository: Path, name: str, nodes: list, inputs: Tensors, outputs: Tensors
+) -> None:
+    """An ONNX graph of STRING tensors [batch, size], and its config (max_batch_size 8,
+    dynamic batching)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from proto.model_config_pb2 import (
+        DataType,
+        ModelConfig,
+        ModelDynamicBatching,
+        ModelInput,
+        ModelOutput,
+    )
+    from zoo.repository import write_model_config
+
+    def graph_tensors(specs: Tensors) -> list:
+        return [
+            helper.make_tensor_value_info(n, TensorProto.STRING, ["batch", "n" if d < 0 else d])
+            for n, d in specs
+        ]
+
+    def config_tensors(cls: type, specs: Tensors) -> list:
+        return [cls(name=n, data_type=DataType.TYPE_STRING, dims=[d]) for n, d in specs]
+
+    graph = helper.make_graph(nodes, name, graph_tensors(inputs), graph_tensors(outputs))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # one this onnxruntime reads
+    (repository / name / "1").mkdir(parents=True)
+    onnx.save(model, str(repository / name / "1" / "model.onnx"))
+    config = ModelConfig(
+        name=name,
+        platform="onnxruntime_onnx",
+        max_batch_size=8,
+        input=config_tensors(ModelInput, inputs),
+        output=config_tensors(ModelOutput, outputs),
+        dynamic_batching=ModelDynamicBatching(),
+    )
+    write_model_config(repository / name, config)
+
+
+@pytest.fixture(scope="session")
+def string_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two models of strings, after Triton's examples: string_identity (INPUT0 -> OUTPUT0,
+    any number of strings per batch item) and string_arithmetic (INPUT0, INPUT1: 16 numbers
+    as text each -> OUTPUT0 their sums, OUTPUT1 their differences, as text)."""
+    from onnx import TensorProto, helper
+
+    repository = tmp_path_factory.mktemp("string_repository")
+    node = helper.make_node
+    _string_model(
+        repository,
+        STRING_IDENTITY,
+        [node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        [("INPUT0", -1)],
+        [("OUTPUT0", -1)],
+    )
+    _string_model(
+        repository,
+        STRING_ARITHMETIC,
+        [
+            node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
+            node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32),
+            node("Add", ["a", "b"], ["sum"]),
+            node("Sub", ["a", "b"], ["difference"]),
+            node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
+            node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING),
+        ],
+        [("INPUT0", 16), ("INPUT1", 16)],
+        [("OUTPUT0", 16), ("OUTPUT1", 16)],
+    )
+    return repository
+
+
+@pytest.fixture(scope="session")
+def string_server(
+    launch_zoo_server, string_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator:
+    """A server on `string_repository` for the session."""
+    log_path = tmp_path_factory.mktemp("string_server") / "server.log"
+    server = launch_zoo_server(string_repository, log_path=log_path)
+    yield server
+    server.stop()

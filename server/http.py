@@ -559,7 +559,7 @@ class HttpServer:
         return web.json_response([_message_json(r) for _, r in sorted(reply.regions.items())])
 
     async def register_shared_memory(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, default={})
+        body = await _json_body(request, default={}, any_type=True)
         message = pb.SystemSharedMemoryRegisterRequest(
             name=request.match_info["name"],
             key=_field(body, "key", str, "a string"),
@@ -578,7 +578,7 @@ class HttpServer:
         return web.json_response({})
 
     async def unregister_shared_memory(self, request: web.Request) -> web.Response:
-        await _json_body(request, default={})
+        await _json_body(request, default={}, any_type=True)
         message = pb.SystemSharedMemoryUnregisterRequest(name=request.match_info.get("name", ""))
 
         def unregister() -> None:
@@ -661,10 +661,14 @@ def _parse_json(data: bytes) -> dict[str, Any]:
     return value
 
 
-async def _json_body(request: web.Request, default: dict[str, Any]) -> dict[str, Any]:
+async def _json_body(
+    request: web.Request, default: dict[str, Any], any_type: bool = False
+) -> dict[str, Any]:
+    """The body as a JSON object; `any_type`: whatever its Content-Type says (as Triton
+    reads shared-memory requests: perf_analyzer sends them as form data)."""
     body = await request.read()
     if not body.strip():
         return default
-    if request.content_type not in JSON_TYPES:
+    if not any_type and request.content_type not in JSON_TYPES:
         raise ClientError(f"expected Content-Type application/json, got {request.content_type!r}")
     return _parse_json(body)

@@ -129,7 +129,10 @@ def _texts(spec: TensorSpec, items: Sequence[bytes]) -> np.ndarray:
 
 def _raw(spec: TensorSpec, raw: bytes, count: int, source: str = "raw contents") -> np.ndarray:
     if spec.datatype == BYTES:
-        items = decode_bytes(raw)
+        try:
+            items = decode_bytes(raw)
+        except InvalidArgumentError as error:
+            raise InvalidArgumentError(f"input {spec.name!r}: {error} of {source}") from None
         if len(items) != count:
             raise InvalidArgumentError(
                 f"input {spec.name!r}: expected {count} BYTES elements in its {source}, "
@@ -152,8 +155,8 @@ def _slot(
         return None
     if memory is None:
         raise InvalidArgumentError(f"{what}: shared memory is not served here")
-    name = parameters[SHARED_MEMORY].string_param  # a string: check_parameters said so
-    # Integers, when present: check_parameters said so.
+    # A string and integers: check_parameters said so.
+    name = parameters[SHARED_MEMORY].string_param
     offset = _integer(parameters, SHARED_MEMORY_OFFSET)
     size = _integer(parameters, SHARED_MEMORY_BYTE_SIZE)
     return memory.slot(name, offset or 0, size, what)

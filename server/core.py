@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import onnxruntime as ort
 from google.protobuf import json_format
 
 import zoo
@@ -31,6 +32,7 @@ from proto.grpc_service_pb2 import (
 )
 from proto.model_config_pb2 import ModelConfig
 from server.batcher import CallContext
+from server.config_support import check_supported, graph_optimization_level
 from server.manager import ModelManager
 from server.metrics import ServerMetrics
 from server.model import LoadedModel
@@ -112,6 +114,7 @@ def _config_override(
     if config.name and config.name != name:
         raise InvalidArgumentError(f"load parameter 'config' names {config.name!r}, not {name!r}")
     config.name = name
+    check_supported(config)  # refused before it replaces anything
     return config
 
 
@@ -138,7 +141,7 @@ class InferenceCore:
         session = create_session(
             model_file(model_dir, version, config),
             self._providers,
-            self._options,
+            self._session_options(config),
             require_gpu=self.settings.device == "cuda",
         )
         return LoadedModel(
@@ -150,6 +153,15 @@ class InferenceCore:
             self.settings.instances,
             self.settings.max_queue_size,
         )
+
+    def _session_options(self, config: ModelConfig) -> ort.SessionOptions:
+        """The server's options, with the graph optimisation level the config asks for."""
+        level = graph_optimization_level(config)
+        if level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
+            return self._options
+        log.info("model %s: onnxruntime graph optimisation %s", config.name, level.name)
+        s = self.settings
+        return session_options(s.intra_op_threads, s.inter_op_threads, s.spin, level)
 
     def start(self) -> None:
         """Load every model (failures are recorded, not raised), then start polling."""

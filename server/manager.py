@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proto.model_config_pb2 import ModelConfig
+from server.config_support import check_supported
 from server.model import LoadedModel
 from zoo.errors import (
     FailedPreconditionError,
@@ -190,6 +191,7 @@ class ModelManager:
         try:
             self._inside_repository(model_dir, model_dir / CONFIG_FILENAME)
             config = self._overrides.get(name) or read_model_config(model_dir)
+            check_supported(config)  # parsed is not served: refused by the field's name
             policy = config.version_policy if config.HasField("version_policy") else None
             wanted = list_versions(model_dir, policy)
             if not wanted:

@@ -27,8 +27,10 @@ from server.codec import (
     requested_outputs,
 )
 from server.metrics import ServerMetrics
+from server.reshape import Reshapes, model_dims
 from server.shared_memory import SharedMemoryRegistry
 from server.stats import BatchTiming, ModelStats
+from server.warmup import warm_up, warmup_samples
 from zoo.card import CARD_METADATA_KEY, ModelCard
 from zoo.datatypes import DATATYPES
 from zoo.errors import InvalidArgumentError, ZooError
@@ -62,12 +64,17 @@ def _ort_spec(arg: ort.NodeArg) -> TensorSpec:
     return TensorSpec(arg.name, datatype, tuple(d if isinstance(d, int) else -1 for d in arg.shape))
 
 
-def _config_spec(tensor: ModelInput | ModelOutput, max_batch_size: int) -> TensorSpec:
+def _config_spec(
+    tensor: ModelInput | ModelOutput, max_batch_size: int, model_side: bool = False
+) -> TensorSpec:
+    """The tensor as clients see it (dims), or as the model has it (its reshape)."""
     datatype = kserve_datatype(tensor.data_type)
     if datatype not in DATATYPES:
         raise InvalidArgumentError(f"{tensor.name!r}: data type {datatype} is not supported")
     batch = (-1,) if max_batch_size > 0 else ()
-    return TensorSpec(tensor.name, datatype, batch + tuple(tensor.dims))
+    return TensorSpec(
+        tensor.name, datatype, batch + tuple(model_dims(tensor) if model_side else tensor.dims)
+    )
 
 
 def _matching(config: list[TensorSpec], graph: list[TensorSpec], kind: str) -> None:
@@ -140,11 +147,21 @@ def _checked_specs(
             f"{PLATFORM_ONNX}"
         )
     complete_config(config, session)
+    Reshapes.of(config)  # Triton's reshape rules, before the graph is held to the reshapes
     inputs = [_config_spec(t, config.max_batch_size) for t in config.input]
     outputs = [_config_spec(t, config.max_batch_size) for t in config.output]
     graph_inputs = [_ort_spec(a) for a in session.get_inputs()]
-    _matching(inputs, graph_inputs, "input")
-    _matching(outputs, [_ort_spec(a) for a in session.get_outputs()], "output")
+    # The graph has the model's shapes: the reshape where the config gives one.
+    _matching(
+        [_config_spec(t, config.max_batch_size, model_side=True) for t in config.input],
+        graph_inputs,
+        "input",
+    )
+    _matching(
+        [_config_spec(t, config.max_batch_size, model_side=True) for t in config.output],
+        [_ort_spec(a) for a in session.get_outputs()],
+        "output",
+    )
     # The other way too: an input the graph needs but the config leaves out would fail
     # every request. (A config may list a subset of the outputs: the rest are not served.)
     unlisted = sorted({s.name for s in graph_inputs} - {s.name for s in inputs})
@@ -178,6 +195,7 @@ class LoadedModel:
         self.outputs = outputs
         self.output_index = {s.name: i for i, s in enumerate(outputs)}
         self._output_names = [s.name for s in outputs]
+        self.reshapes = Reshapes.of(config)
         self.stats = ModelStats()
         self.metrics = metrics.for_model(self.name, self.version)
         # Triton's instance_group count: how many session calls may run at once.
@@ -187,6 +205,9 @@ class LoadedModel:
         self.config_reply = self._config_reply(config, card_json)
         self.labels = _labels(model_dir, config, card_json)
         self.metadata_reply = self.metadata_for([self.version])
+        # READY only once warmed up: the loader returns after this.
+        samples = warmup_samples(config, model_dir, self.inputs)
+        warm_up(samples, self._run, f"model {self.name} version {self.version}")
 
     def _batcher(self, config: ModelConfig, instances: int, max_queue_size: int) -> DynamicBatcher:
         batching = config.dynamic_batching
@@ -231,7 +252,9 @@ class LoadedModel:
         return self.labels[index] if index < len(self.labels) else []
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self._output_names, feeds)
+        # Config dims -> the model's reshapes -> config dims (server/reshape.py).
+        outputs = self.session.run(self._output_names, self.reshapes.feeds(feeds))
+        return self.reshapes.results(outputs)
 
     def infer(
         self,

@@ -38,14 +38,19 @@ def default_intra_op_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def session_options(intra_op_threads: int, inter_op_threads: int, spin: bool) -> ort.SessionOptions:
+def session_options(
+    intra_op_threads: int,
+    inter_op_threads: int,
+    spin: bool,
+    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
     options.inter_op_num_threads = inter_op_threads
     spinning = "1" if spin else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = level
     return options
 
 

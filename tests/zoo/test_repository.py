@@ -63,7 +63,7 @@ def test_read_fills_an_empty_name_from_the_folder(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ('name: "other"', "differs from its folder 'mlp'"),
-        ("max_batch_size: 8\nsequence_batching {}", 'no field named "sequence_batching"'),
+        ("max_batch_size: 8\nsequence_batchin {}", 'no field named "sequence_batchin"'),
         ("max_batch_size: eight", "max_batch_size"),
     ],
 )

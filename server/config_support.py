@@ -8,7 +8,8 @@ differently from what its config says. What is done elsewhere:
     reshape (input and output)            server/reshape.py
     model_warmup                          server/warmup.py
     optimization.graph.level              onnxruntime's graph optimisation level
-    dynamic_batching, instance_group.count, version_policy, label_filename, ...
+    dynamic_batching (with default_queue_policy's timeout: QueueTimeout below),
+    instance_group.count, version_policy, label_filename, ...
 
 Ignored, because they change nothing a client can observe (neither which requests
 succeed nor the values computed, only speed or placement):
@@ -26,6 +27,8 @@ Everything else that is set and not implemented is refused (UNSUPPORTED).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import onnxruntime as ort
 
@@ -48,6 +51,31 @@ def graph_optimization_level(config: ModelConfig) -> ort.GraphOptimizationLevel:
     return GRAPH_LEVELS_ONNXRUNTIME_BACKEND.get(
         config.optimization.graph.level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     )
+
+
+@dataclass(frozen=True)
+class QueueTimeout:
+    """dynamic_batching.default_queue_policy's timeout (timeout_action REJECT: a request
+    still queued when it passes is refused, DEADLINE_EXCEEDED), as Triton's queue sets
+    it: the default, or a request's own "timeout" when allow_timeout_override is on and
+    it is shorter. Without a default, the request's own timeout is honoured still (the
+    server did so before it read queue policies; Triton would ignore it)."""
+
+    default_s: float | None
+    allow_override: bool
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> QueueTimeout:
+        policy = config.dynamic_batching.default_queue_policy
+        default_us = policy.default_timeout_microseconds
+        return cls(default_us / 1e6 if default_us else None, policy.allow_timeout_override)
+
+    def __call__(self, requested_s: float | None) -> float | None:
+        if self.default_s is None:
+            return requested_s
+        if self.allow_override and requested_s is not None and requested_s < self.default_s:
+            return requested_s
+        return self.default_s
 
 
 def unsupported_fields(config: ModelConfig) -> list[str]:
@@ -105,7 +133,8 @@ def _tensors(config: ModelConfig) -> list[str]:
     for kind, tensors in (("input", config.input), ("output", config.output)):
         for tensor in tensors:
             flags = ["is_shape_tensor", "is_non_linear_format_io"]
-            flags += ["allow_ragged_batch"] if kind == "input" else []
+            # An optional input would still be demanded of every request.
+            flags += ["allow_ragged_batch", "optional"] if kind == "input" else []
             found += [f"{kind}[{tensor.name!r}].{f}" for f in flags if getattr(tensor, f)]
     return found
 

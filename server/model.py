@@ -26,6 +26,7 @@ from server.codec import (
     request_timeout_s,
     requested_outputs,
 )
+from server.config_support import QueueTimeout
 from server.metrics import ServerMetrics
 from server.reshape import Reshapes, model_dims
 from server.shared_memory import SharedMemoryRegistry
@@ -201,6 +202,7 @@ class LoadedModel:
         # Triton's instance_group count: how many session calls may run at once.
         instances = sum(g.count for g in config.instance_group) or instances
         self.batcher = self._batcher(config, instances, max_queue_size)
+        self.queue_timeout = QueueTimeout.of(config)
         card_json = _card_json(model_dir, session)
         self.config_reply = self._config_reply(config, card_json)
         self.labels = _labels(model_dir, config, card_json)
@@ -269,7 +271,7 @@ class LoadedModel:
         try:
             arrays, size = decode_inputs(request, self.inputs, self.max_batch_size, memory)
             wanted = requested_outputs(request, self.output_index, memory, self.outputs)
-            timeout_s = request_timeout_s(request, self.name)
+            timeout_s = self.queue_timeout(request_timeout_s(request, self.name))
             result = self.batcher.submit(arrays, size, ctx, timeout_s)
         except ZooError as error:
             self.stats.record_failure(time.perf_counter_ns() - start)

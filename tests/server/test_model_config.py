@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from proto import grpc_service_pb2 as pb
 from proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from proto.model_config_pb2 import ModelConfig
+from server.config_support import QueueTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)
@@ -147,6 +150,10 @@ REFUSED = {
         'model_repository_agents { agents { name: "checksum" } }',
         "model_repository_agents",
     ),
+    "optional": (
+        'input { name: "mask" data_type: TYPE_FP32 dims: [ 1 ] optional: true }',
+        "input['mask'].optional",
+    ),
     "passive": ("instance_group { count: 1 kind: KIND_CPU passive: true }", "passive"),
     "bucketed": (
         "model_metrics { metric_control { "
@@ -226,7 +233,9 @@ def _model(repository: Path, name: str, config: str, onnx_file: Path | None = No
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path) -> Path:
+def repository(
+    tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path, export_model
+) -> Path:
     repo = tmp_path_factory.mktemp("model_config")
     files = tmp_path_factory.mktemp("onnx")
     mlp = tiny_repository / "tiny_mlp" / "1" / "model.onnx"
@@ -270,6 +279,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path) 
     for name, (snippet, _) in REFUSED.items():
         _model(repo, name, MLP_IO + snippet, mlp)
     _model(repo, "tuned", TUNED_CONFIG, mlp)
+
+    # ~0.3-0.6 s a call at batch 64 on 2 cores; one call at a time; 1 ms in the queue.
+    slow = export_model(repo, "impatient", kind="slow")
+    config = text_format.Parse((slow / "config.pbtxt").read_text(), ModelConfig())
+    config.instance_group.add(count=1, kind="KIND_CPU")
+    config.dynamic_batching.default_queue_policy.default_timeout_microseconds = 1000
+    (slow / "config.pbtxt").write_text(text_format.MessageToString(config))
     return repo
 
 
@@ -501,6 +517,50 @@ def test_unimplemented_fields_are_refused_at_load_by_name(
     assert field in server.log()
     ready = stub.ModelReady(pb.ModelReadyRequest(name=model)).ready
     assert not ready
+
+
+def test_queue_timeout_is_tritons_default_or_a_shorter_override() -> None:
+    config = ModelConfig()
+    assert QueueTimeout.of(config)(None) is None
+    assert QueueTimeout.of(config)(0.5) == 0.5  # no default: the request's own, as before
+    policy = config.dynamic_batching.default_queue_policy
+    policy.default_timeout_microseconds = 200_000
+    assert [QueueTimeout.of(config)(t) for t in (None, 0.1, 0.5)] == [0.2, 0.2, 0.2]
+    policy.allow_timeout_override = True
+    assert [QueueTimeout.of(config)(t) for t in (None, 0.1, 0.5)] == [0.2, 0.1, 0.2]
+
+
+def _in_flight(server) -> float:
+    """Requests the server is serving now, from its metrics endpoint."""
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    prefix = "zoo_inference_in_flight{"
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(prefix))
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)
+
+
+def test_the_queue_policys_default_timeout_refuses_a_request_left_waiting(
+    server, stub: GRPCInferenceServiceStub
+) -> None:
+    def images(n: int) -> dict[str, np.ndarray]:
+        return {"images": RNG.random((n, 1, 28, 28), dtype=np.float32)}
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(_infer, stub, "impatient", **images(64))
+        _wait_for(lambda: _in_flight(server) >= 1)
+        # No timeout of its own: the config's 1 ms passes while the big batch runs.
+        with pytest.raises(grpc.RpcError) as caught:
+            _infer(stub, "impatient", **images(3))
+        assert running.result()["logits"].shape == (64, 10)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="impatient")).model_stats
+    assert 3 not in {b.batch_size for b in stats.batch_stats}
 
 
 def test_settings_that_change_nothing_visible_are_accepted_and_the_graph_level_applied(

@@ -54,6 +54,11 @@ output [
     label_filename: "labels.txt"
   }
 ]
+model_warmup {
+  name: "chw"
+  batch_size: 1
+  inputs { key: "data_0" value: { data_type: TYPE_FP32 dims: [ 3, 4, 4 ] random_data: true } }
+}
 """
 LABELS = ["ant", "bee", "cat", "dog", "eel"]
 
@@ -275,6 +280,8 @@ def repository(
         GATHER_IO + f'model_warmup {{ name: "f" batch_size: 1 {missing} }}',
         gather,
     )
+    twice = bad.replace("batch_size: 1", "batch_size: 2")  # no batch dimension: 1 only
+    _model(repo, "warm_unbatched", twice, files / "dense.onnx")
 
     for name, (snippet, _) in REFUSED.items():
         _model(repo, name, MLP_IO + snippet, mlp)
@@ -453,6 +460,7 @@ def test_warm_up_samples_run_before_the_version_is_ready(
     assert log.index("sample 'digit' ran") < log.index("loaded warm version 1")
     # Through the reshape, in the client's shape.
     assert "model flat version 1: warm-up sample 'flat_zeros' ran 1 time(s) at batch size 2" in log
+    assert "model dense version 1: warm-up sample 'chw' ran 1 time(s) at batch size 1" in log
     # Warm-up is not traffic: the statistics start at zero.
     stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="warm")).model_stats[0]
     assert (stats.inference_count, stats.execution_count) == (0, 0)
@@ -471,6 +479,9 @@ def test_a_failing_warm_up_is_a_load_failure_and_the_others_serve_on(
     assert (
         "model_warmup 'x': ['index'] are not inputs of the model (it has ['indices'])"
         in _reason(index, "warm_stranger")
+    )
+    assert "model_warmup 'chw': batch_size 2 exceeds what the model takes (max_batch_size 0" in (
+        _reason(index, "warm_unbatched")
     )
     missing = _reason(index, "warm_missing")
     assert "model_warmup 'f' input 'indices': input_data_file 'nowhere.bin'" in missing

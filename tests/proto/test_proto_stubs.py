@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DUMP = Path(__file__).with_name("dump_descriptors.py")
 # Triton added these after the tritonclient release the dev extras pin (2.51), so its
 # stubs cannot vouch for them; their names and numbers follow Triton's current
-# model_config.proto (ModelConfig.model_metrics = 26, ModelEnsembling's
+# published ModelConfig schema (ModelConfig.model_metrics = 26, ModelEnsembling's
 # max_inflight_requests = 2).
 NEWER_THAN_TRITONCLIENT = {
     "inference.ModelMetrics": None,

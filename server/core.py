@@ -222,7 +222,12 @@ class InferenceCore:
     def load(self, name: str, parameters: Mapping[str, ModelRepositoryParameter]) -> None:
         """Load or reload `name`; a "config" parameter (JSON) replaces its config.pbtxt."""
         self._check_model_control()
-        self.manager.load(name, _config_override(name, parameters))
+        try:
+            config = _config_override(name, parameters)
+        except InvalidArgumentError as error:
+            # Triton's wording first (its clients look for "failed to load"), then why.
+            raise InvalidArgumentError(f"failed to load {name!r}: {error}") from None
+        self.manager.load(name, config)
 
     def unload(self, name: str) -> None:
         self._check_model_control()

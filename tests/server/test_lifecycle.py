@@ -423,6 +423,11 @@ def test_model_control_takes_a_json_config_and_refuses_file_parameters(
     }
     for name, parameter in bad.items():
         assert load(**{name: parameter}) == grpc.StatusCode.INVALID_ARGUMENT
+        # Triton's wording first: its example clients look for "failed to load".
+        request = pb.RepositoryModelLoadRequest(model_name="tiny_mlp", parameters={name: parameter})
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RepositoryModelLoad(request)
+        assert refused.value.details().startswith("failed to load 'tiny_mlp': ")
     assert load(config=pb.ModelRepositoryParameter(string_param='{"max_batch_size": 4}')) == (
         grpc.StatusCode.OK
     )

@@ -130,8 +130,9 @@ def make_config(quick: bool, seeds: int | None) -> Config:
         config = Config(
             seeds=1,
             depths=(5, 10),
+            lrs=(0.003, 0.01),
             gate_biases=(-2.0, -4.0),
-            steps=200,
+            steps=150,
             loss_every=20,
             eval_every=50,
             subset=2000,

@@ -109,3 +109,24 @@ def test_quick_mode_covers_every_part_with_small_nets() -> None:
     quick, full = gridlstm.make_config(quick=True, seeds=None), gridlstm.Config()
     assert quick.depths == full.depths and quick.steps < full.steps
     assert gridlstm.make_config(quick=False, seeds=3).seeds == 3
+
+
+@pytest.mark.slow
+def test_a_reduced_run_trains_every_net_at_equal_size(tmp_path: Path) -> None:
+    """The full-size nets for 300 steps, one seed: what is measurable without timing
+    assertions. Every net learns far above chance (10%) at equal steps and at equal
+    time, none diverges, and the parameter counts stay equal. The claim's direction is
+    not asserted: the full run (800 steps, 2 seeds) had the 2D net 0.2 points ahead of
+    the 2-layer 3D net, within a point, and short runs do not settle it either way."""
+    config = gridlstm.Config(
+        seeds=1, depths=(2,), steps=300, eval_every=100, val_size=2000, test_size=2000
+    )
+    results = gridlstm.run(config, Context(tmp_path, progress=False, config_key="slow"))
+    nets = results["nets"]
+    assert abs(nets["3d-2"]["params"] / nets["2d"]["params"] - 1) < 0.03
+    runs = [*results["equal_steps"]["2d"], *results["equal_steps"]["3d-2"]]
+    runs += results["equal_time"]["3d-2"]
+    for run in runs:
+        assert run["diverged_at"] is None
+        assert run["test_accuracy"] > 0.85
+        assert run["curve"][-1][1] > run["curve"][0][1] + 0.5  # validation: it learned

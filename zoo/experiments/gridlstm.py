@@ -344,7 +344,7 @@ def verdicts(results: dict[str, Any]) -> list[str]:
     elif ahead:
         judgement = f"partly supports the claim (only {', '.join(ahead)} is ahead)."
     else:
-        judgement = "does NOT support the claim: the 2D net is as accurate or more."
+        judgement = "does NOT support the claim at this budget: the 2D net is as accurate or more."
     params = ", ".join(f"{size['params']:,}" for size in nets.values())
     lines.append(
         f"(a) Equal parameters ({params}) and "

@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -307,29 +306,6 @@ def container_env() -> Callable[..., dict[str, str]]:
 # --- a container's command, run here ------------------------------------------------------
 
 
-@dataclass
-class ContainerProcess:
-    """The container's command as a process on 127.0.0.1; `address` is HOST:PORT."""
-
-    process: subprocess.Popen
-    address: str
-    metrics_port: int | None
-    http_port: int | None
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-
 def local_command(argv: list[str]) -> list[str]:
     """The container's argv with its executable found here (the image's venv is on PATH
     there; the project's venv here)."""
@@ -340,17 +316,23 @@ def local_command(argv: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def start_container_command(tmp_path: Path) -> Iterator[Callable[..., ContainerProcess]]:
+def start_container_command(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Any]]:
     """start(argv, env, pythonpath, repository=None) runs the container's argv (ENTRYPOINT
     + CMD or args) with the container's env, on 127.0.0.1 with a free port for each port
     it opens (those it turns off stay off) and, if given, on `repository` in place of the
     container's: later flags win in argparse, so these are appended. `pythonpath` is put
-    first on PYTHONPATH (image_pythonpath)."""
-    started: list[ContainerProcess] = []
+    first on PYTHONPATH (image_pythonpath). The process is the root conftest's
+    RunningServer (importlib mode reaches that module through pytest's plugins only)."""
+    running_server = request.config.pluginmanager.get_plugin(
+        str(ROOT / "tests" / "conftest.py")
+    ).RunningServer
+    started: list[Any] = []
 
     def start(
         argv: list[str], env: dict[str, str], pythonpath: Path, repository: Path | None = None
-    ) -> ContainerProcess:
+    ) -> Any:
         assert argv[:2] == ["zoo", "serve"], argv
         settings = parse_serve(argv[2:], env)
         overrides = ["--host", "127.0.0.1", "--port", "0"]
@@ -378,12 +360,12 @@ def start_container_command(tmp_path: Path) -> Iterator[Callable[..., ContainerP
         ports = [pattern.search(line) for pattern in (_METRICS_PORT, _HTTP_PORT)]
         metrics, http = (int(m.group(1)) if m else None for m in ports)
         address = f"{match.group(1)}:{match.group(2)}"
-        started.append(ContainerProcess(process, address, metrics, http, log_path))
+        started.append(running_server(process, address, metrics, log_path, http))
         return started[-1]
 
     yield start
     for server in started:
-        server.stop()
+        server.stop(60.0)
 
 
 @pytest.fixture(scope="session")

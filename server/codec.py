@@ -353,8 +353,8 @@ def requested_outputs(
 def _class_count(output: ModelInferRequest.InferRequestedOutputTensor) -> int:
     if "classification" not in output.parameters:
         return 0
-    parameter = output.parameters["classification"]  # an integer: check_parameters said so
-    return int(getattr(parameter, parameter.WhichOneof("parameter_choice") or "int64_param"))
+    # An integer: check_parameters said so.
+    return int(_value(output.parameters["classification"]) or 0)  # type: ignore[call-overload]
 
 
 def classify(array: np.ndarray, count: int, labels: Sequence[str], batched: bool) -> np.ndarray:

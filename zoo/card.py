@@ -40,6 +40,20 @@ class Metric(BaseModel):
     command: str = Field(description="the command that measured it")
 
 
+class Variant(BaseModel):
+    """What a reduced-precision variant (`<model>_int8`, `<model>_fp16`) was made from, and how."""
+
+    model_config = ConfigDict(frozen=True)
+
+    of: str = Field(description="the float model it was made from")
+    precision: str = Field(description="int8 or fp16")
+    source_sha256: str = Field(description="sha256 of the float model.onnx it was made from")
+    method: str
+    calibration: dict[str, Any] = Field(
+        default_factory=dict, description="int8: the images that set the activation ranges"
+    )
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -64,6 +78,7 @@ class ModelCard(BaseModel):
     metrics: dict[str, Metric] = Field(default_factory=dict)
     opset: int | None = None
     onnx_sha256: str | None = None
+    variant: Variant | None = Field(None, description="set on a reduced-precision variant")
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -24,6 +24,7 @@ from zoo.card import (
     OUTPUT_PROBABILITIES,
     ModelCard,
 )
+from zoo.datatypes import DATATYPES
 from zoo.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def trace_onnx(
     with (
         contextlib.redirect_stdout(transcript),
         warnings.catch_warnings(),
-        _quiet_exporter_loggers(),
+        quiet_loggers(*_EXPORTER_LOGGERS),
         torch.no_grad(),
     ):
         warnings.simplefilter("ignore")
@@ -117,9 +118,9 @@ _EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 
 
 @contextlib.contextmanager
-def _quiet_exporter_loggers() -> Iterator[None]:
-    """Errors only from the exporter's loggers while it runs."""
-    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Errors only from these loggers (a converter's) while it runs."""
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -131,18 +132,24 @@ def _quiet_exporter_loggers() -> Iterator[None]:
 
 
 def check_graph(proto: onnx.ModelProto, card: ModelCard) -> None:
-    """Full ONNX check, the card's interface, a symbolic batch axis and zero BatchNormalization."""
+    """Full ONNX check, the card's interface (names, types, symbolic batch axis), no BatchNorm."""
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise ExportError(f"the exported graph fails onnx.checker: {_first_line(error)}") from None
-    expected = [(s.name, s.shape) for s in (*card.inputs, *card.outputs)]
-    arrived = [(v.name, _shape(v)) for v in (*proto.graph.input, *proto.graph.output)]
+    expected = [(s.name, s.datatype, s.shape) for s in (*card.inputs, *card.outputs)]
+    arrived = [(v.name, _datatype(v), _shape(v)) for v in (*proto.graph.input, *proto.graph.output)]
     if arrived != expected:
         raise ExportError(f"graph interface {arrived}, expected {expected} (from the card)")
     batch_norms = [n.name for n in proto.graph.node if n.op_type == "BatchNormalization"]
     if batch_norms:
         raise ExportError(f"BatchNormalization left in the graph after folding: {batch_norms}")
+
+
+def _datatype(value: onnx.ValueInfoProto) -> str:
+    """The KServe v2 name of a graph input's or output's element type (FP32, FP16, ...)."""
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+    return next((name for name, (np_dtype, _) in DATATYPES.items() if np_dtype == dtype), "?")
 
 
 def _shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ silently fixed fails here too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +65,13 @@ class Verification:
         return f"{self.images} images; " + "; ".join(parts)
 
 
-def session(model_path: Path, level: str = "enabled", spin: bool = True) -> ort.InferenceSession:
-    """A CPU onnxruntime session at one of OPTIMISATION_LEVELS, with ort's default threads.
+def session(
+    model_path: Path,
+    level: str = "enabled",
+    spin: bool = True,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> ort.InferenceSession:
+    """An onnxruntime session (CPU unless told) at one of OPTIMISATION_LEVELS, default threads.
 
     `spin=False` stops idle worker threads from spin-waiting, which would otherwise take
     the CPU from another session run right after this one.
@@ -75,7 +81,7 @@ def session(model_path: Path, level: str = "enabled", spin: bool = True) -> ort.
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: ort's warnings are about its own fusions
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model_path), options, providers=list(providers))
 
 
 def torch_logits(model: nn.Module, images: torch.Tensor, chunk: int) -> np.ndarray:

@@ -41,6 +41,7 @@ log = logging.getLogger("bench.gpu")
 
 MODELS = ("bn_cnn", "resnet", "grid_lstm")
 BATCHES = (1, 8, 32, 128)
+PRECISIONS = ("fp32", "fp16")
 PARTS = ("check", "inprocess", "served", "fp16", "report")
 # Windows long enough on a GPU for thousands of calls; on the CPU fallback only enough to
 # prove every part runs.
@@ -79,9 +80,12 @@ def nvidia_smi() -> dict | None:
 def environment(device: str) -> dict:
     import onnxruntime as ort
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    try:  # a copied working tree may come without git or its history
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except FileNotFoundError:
+        commit = ""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
@@ -186,7 +190,8 @@ def measure_files(
     for model, path in files.items():
         session = open_session(path, device)
         for batch in batches:
-            row = {"model": model, "precision": precision, "batch": batch, "file": str(path)}
+            row = {"model": model, "precision": precision, "batch": batch}
+            row["variant"] = path.parents[1].name  # the model's folder in its repository
             row["plain"] = _guarded(plain_loop, session, batch, seconds)
             row["iobinding"] = _guarded(bound_loop, session, batch, seconds, device)
             log.info("%s %s b%d: %s", model, precision, batch, _brief(row, "plain", "iobinding"))
@@ -292,7 +297,14 @@ def merge_rows(results: dict, rows: list[dict]) -> None:
         else:
             index[key] = row
             results["rows"].append(row)
-    results["rows"].sort(key=lambda r: (r["model"], r["precision"], r["batch"]))
+    models = {model: i for i, model in enumerate(results["models"])}
+    results["rows"].sort(
+        key=lambda r: (
+            models.get(r["model"], len(models)),
+            PRECISIONS.index(r["precision"]),
+            r["batch"],
+        )
+    )
 
 
 def read_steps(path: Path | None) -> list[dict]:
@@ -353,8 +365,10 @@ def run_part(part: str, args: argparse.Namespace, results: dict) -> None:
         check(args, results)
     elif part == "inprocess":
         merge_rows(results, inprocess(args))
+        _raise_for_failed_cells(results, "plain", "iobinding")
     elif part == "served":
         merge_rows(results, served(args))
+        _raise_for_failed_cells(results, "served")
     elif part == "fp16":
         rows, results["fp16"] = fp16(args)
         merge_rows(results, rows)
@@ -365,6 +379,13 @@ def run_part(part: str, args: argparse.Namespace, results: dict) -> None:
         markdown = table(results)
         args.output.with_suffix(".md").write_text(markdown + "\n")
         print(markdown)
+
+
+def _raise_for_failed_cells(results: dict, *kinds: str) -> None:
+    """A part whose cells failed fails, once its rows are kept."""
+    failed = [r for r in results["rows"] for kind in kinds if "error" in r.get(kind, {})]
+    if failed:
+        raise RuntimeError(f"{len(failed)} {'/'.join(kinds)} measurements failed")
 
 
 def run_all(args: argparse.Namespace, results: dict) -> int:
@@ -409,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     # `check` starts a run's file afresh; the other parts add to it.
     results = {"rows": []} if args.part in ("all", "check") else load(args.output)
-    results.update(seconds=args.seconds, models=args.models, batches=args.batches)
+    if args.part != "report":  # the report tells what the measuring parts were given
+        results.update(seconds=args.seconds, models=args.models, batches=args.batches)
     try:
         if args.part == "all":
             return run_all(args, results)

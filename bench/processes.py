@@ -61,12 +61,21 @@ def worker_memory_mb(metrics_port: int, server_pid: int) -> list[float]:
     return [int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) * 1024 / 1e6]  # type: ignore[index]
 
 
-def zoo_load(address: str, model: str, batch: int, concurrency: int, seconds: float) -> dict:
+def zoo_load(
+    address: str,
+    model: str,
+    batch: int,
+    concurrency: int,
+    seconds: float,
+    generators: int = GENERATORS,
+) -> dict:
+    """One closed-loop `zoo load` run with zero inputs after 1 s of warm-up, from at most
+    `generators` processes."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         command = [sys.executable, "-m", "zoo.cli", "load", "--url", address, "--model", model]
         command += ["--batch", str(batch), "--concurrency", str(concurrency)]
-        command += ["--processes", str(min(GENERATORS, concurrency)), "--input", "zeros"]
+        command += ["--processes", str(min(generators, concurrency)), "--input", "zeros"]
         command += ["--duration", str(seconds), "--warmup", "1", "--no-progress"]
         command += ["--output", str(out)]
         subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=600)

@@ -1,8 +1,9 @@
 """A KServe model serving one ONNX file with onnxruntime (CPU, default session options).
 
-`predict` is a plain method, as in KServe's own model servers (scikit-learn, XGBoost):
-KServe calls it on its event loop. Inputs arrive decoded by KServe (raw or typed
-contents); outputs go back as numpy arrays, which KServe sends as raw contents over gRPC.
+`predict` is a plain (synchronous) method, the form KServe's custom-model examples take:
+KServe then calls it on its event loop, one request at a time. Inputs arrive decoded by
+KServe (raw or typed contents); outputs go back as numpy arrays, which KServe sends as raw
+contents over gRPC.
 """
 
 from __future__ import annotations

@@ -21,11 +21,14 @@
 # ZOO_GPU_ARGS         more arguments for bench/gpu.py (e.g. "--models bn_cnn --seconds 2")
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Folders given relative to where the script was started from, which it then leaves.
+absolute() { if [ -n "$1" ]; then realpath -m "$1"; fi; }
+ZOO_GPU_WHEELS=$(absolute "${ZOO_GPU_WHEELS:-}")
+GPU_VENV=$(absolute "${ZOO_GPU_VENV:-$ROOT/.venv-gpu}")
+RESULTS=$(absolute "${ZOO_GPU_RESULTS:-$ROOT/bench/results}")
 cd "$ROOT"
 DEVICE=${ZOO_GPU_DEVICE:-cuda}
 BASE_VENV=${ZOO_VENV:-$ROOT/.venv}
-GPU_VENV=${ZOO_GPU_VENV:-$ROOT/.venv-gpu}
-RESULTS=${ZOO_GPU_RESULTS:-$ROOT/bench/results}
 BUDGET=${ZOO_GPU_BUDGET_S:-450}
 REPORT_RESERVE=20 # seconds kept for the report, so that whatever was measured is written
 read -r -a GPU_ARGS <<<"${ZOO_GPU_ARGS:-}"
@@ -35,7 +38,7 @@ LOG=$RESULTS/gpu.log
 : >"$LOG"
 STEPS=$(mktemp)
 trap 'rm -f "$STEPS"' EXIT
-export BASE_PYTHON GPU_VENV ZOO_GPU_WHEELS="${ZOO_GPU_WHEELS:-}" ZOO_ORT_GPU_VERSION="${ZOO_ORT_GPU_VERSION:-}"
+export BASE_PYTHON GPU_VENV ZOO_GPU_WHEELS ZOO_ORT_GPU_VERSION="${ZOO_ORT_GPU_VERSION:-}"
 
 log() { printf '[gpu.sh %3d s] %s\n' "$SECONDS" "$*" | tee -a "$LOG" >&2; }
 

@@ -40,7 +40,14 @@ from zoo import repository
 from zoo.card import Metric, ModelCard, Variant
 from zoo.errors import AlreadyExistsError, ExportError, FailedPreconditionError, NotFoundError
 from zoo.export.fold import fold_model
-from zoo.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, check_graph, export_onnx, set_card
+from zoo.export.onnx_export import (
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    check_graph,
+    drop_value_info,
+    export_onnx,
+    set_card,
+)
 from zoo.export.precision import (
     CALIBRATION_IMAGES,
     CALIBRATION_SEED,
@@ -52,7 +59,6 @@ from zoo.export.precision import (
     compare,
     convert_fp16,
     quantize_int8,
-    shrink,
 )
 from zoo.export.verify import (
     MAX_ABS_DIFF,
@@ -341,7 +347,7 @@ def export_variant(
         else:
             proto = convert_fp16(source.onnx_path)
         card = _variant_card(source, precision, proto, settings)
-        shrink(proto)
+        drop_value_info(proto)
         check_graph(proto, card)
         set_card(proto, card)
         onnx.save_model(proto, onnx_path)

@@ -120,15 +120,6 @@ def convert_fp16(source: Path) -> onnx.ModelProto:
     return proto
 
 
-def shrink(proto: onnx.ModelProto) -> None:
-    """Drop value_info, the intermediate shapes and types onnxruntime infers again at load.
-
-    Up to 60 kB a model (highway_mlp), which the size budget of the shipped repository
-    does not spare.
-    """
-    del proto.graph.value_info[:]
-
-
 def providers_for(precision: Precision) -> list[str]:
     """Where a variant is verified: int8 on CPU (what it is for); fp16 on CUDA when present."""
     if precision == "fp16" and CUDA in ort.get_available_providers():

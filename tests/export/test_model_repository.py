@@ -18,6 +18,15 @@ ACCURACY_TOLERANCE = 0.0005
 SIZE_BUDGET_BYTES = 25 * 10**6  # "keep it under 25 MB"
 
 
+def is_variant(name: str) -> bool:
+    """`<model>_int8` and the like: their cards name the float model they were made from."""
+    card = repository.read_card(SHIPPED / name)
+    return card is not None and card.variant is not None
+
+
+VARIANTS = [name for name in MODELS if is_variant(name)]
+
+
 @pytest.mark.skipif(not MODELS, reason="model_repository/ holds no models yet")
 @pytest.mark.parametrize("name", MODELS)
 def test_card_accuracy_holds_in_onnxruntime(name: str) -> None:
@@ -34,7 +43,18 @@ def test_card_accuracy_holds_in_onnxruntime(name: str) -> None:
     assert abs(accuracy - card.metrics["test_accuracy"].value) <= ACCURACY_TOLERANCE
 
 
+@pytest.mark.skipif(not VARIANTS, reason="model_repository/ holds no reduced-precision variant")
+@pytest.mark.parametrize("name", VARIANTS)
+def test_a_variant_is_made_from_the_shipped_float_model(name: str) -> None:
+    card = repository.read_card(SHIPPED / name)
+    assert card is not None and card.variant is not None
+    float_card = repository.read_card(SHIPPED / card.variant.of)
+    assert float_card is not None and card.variant.source_sha256 == float_card.onnx_sha256
+    assert name == f"{card.variant.of}_{card.variant.precision}"
+
+
 @pytest.mark.skipif(not MODELS, reason="model_repository/ holds no models yet")
 def test_repository_fits_its_size_budget() -> None:
-    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
-    assert size <= SIZE_BUDGET_BYTES, f"model_repository/ is {size / 1e6:.1f} MB"
+    # As `du -sb` counts: files and folders (4 kB each here), the repository itself included.
+    size = SHIPPED.stat().st_size + sum(p.stat().st_size for p in SHIPPED.rglob("*"))
+    assert size <= SIZE_BUDGET_BYTES, f"model_repository/ is {size:,} bytes"

@@ -2,7 +2,8 @@
 
     from zoo.export import fold_model, export_onnx, verify, export_model
 
-`zoo export` (zoo.export.cli) drives `export_model` once per model.
+`zoo export` (zoo.export.cli) drives `export_model` once per model, and `export_variant`
+once per reduced-precision variant (`--quantize int8|fp16`, zoo.export.precision).
 """
 
 from zoo.export.fold import (
@@ -13,7 +14,13 @@ from zoo.export.fold import (
     remove_parametrizations,
 )
 from zoo.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, check_graph, export_onnx, trace_onnx
-from zoo.export.pipeline import ExportResult, ExportSettings, export_model
+from zoo.export.pipeline import (
+    ExportResult,
+    ExportSettings,
+    VariantResult,
+    export_model,
+    export_variant,
+)
 from zoo.export.verify import Verification, read_test_data_set, verify, write_test_data_set
 
 __all__ = [
@@ -21,11 +28,13 @@ __all__ = [
     "MIN_OPSET",
     "ExportResult",
     "ExportSettings",
+    "VariantResult",
     "Verification",
     "bn_scale_shift",
     "check_graph",
     "export_model",
     "export_onnx",
+    "export_variant",
     "fold_into_next",
     "fold_into_previous",
     "fold_model",

@@ -216,11 +216,15 @@ def _run_variant(
     return variant.get_providers()[0], logits
 
 
+# Conversions and copies between devices: no arithmetic to count.
+_NOT_COMPUTE = frozenset({"Cast", "MemcpyFromHost", "MemcpyToHost"})
+
+
 def fp16_execution(
     path: Path, providers: list[str], images: np.ndarray
 ) -> tuple[int, int, tuple[str, ...], tuple[str, ...]]:
     """(nodes run in FP16, floating-point nodes run, their op types in FP16, in FP32),
-    casts and shape arithmetic (integers only) aside.
+    casts, copies and shape arithmetic (integers only) aside.
 
     A provider without an FP16 kernel for an op inserts casts and runs the op in FP32;
     onnxruntime's profile records the input types each kernel actually received.
@@ -238,7 +242,7 @@ def fp16_execution(
     for event in events:
         args = event.get("args", {})
         kernel = event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
-        if not kernel or args.get("op_name", "Cast") == "Cast":
+        if not kernel or args.get("op_name", "Cast") in _NOT_COMPUTE:
             continue
         types = {t for shapes in args.get("input_type_shape", []) for t in shapes}
         if not types & {"float", "float16"}:

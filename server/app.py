@@ -28,6 +28,7 @@ from server import health
 from server.core import InferenceCore
 from server.http import HttpServer
 from server.metrics import MetricsServer
+from server.runtime import default_infer_threads
 from server.security import TokenAuthInterceptor, server_credentials
 from server.servicer import SERVICE, InferenceServicer, add_to_server
 from server.settings import ServeSettings
@@ -72,14 +73,20 @@ class ZooServer:
         if role is not None:
             peers = Peers(role, token.get_secret_value() if token is not None else None)
             self.grpc.add_insecure_port(role.address)  # in the supervisor's 0700 folder
-        add_to_server(InferenceServicer(self.core, peers), self.grpc)
+        threads = settings.infer_threads or default_infer_threads()
+        self.infer_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer")
+        add_to_server(InferenceServicer(self.core, peers), self.grpc, self.infer_pool)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
         self.port = self._bind(settings.host, settings.port)
         self.metrics: MetricsServer | None = None
-        self.http = HttpServer(self.core, settings, peers) if settings.http_port >= 0 else None
+        self.http = (
+            HttpServer(self.core, settings, peers, self.infer_pool)
+            if settings.http_port >= 0
+            else None
+        )
         self.http_port: int | None = None
 
     def _bind(self, host: str, port: int) -> int:
@@ -149,6 +156,7 @@ class ZooServer:
             http_stop.join(grace + STOP_MARGIN_S)
         if self.metrics is not None:
             self.metrics.shutdown()
+        self.infer_pool.shutdown(wait=False)
         self.core.stop()
         return stopped
 

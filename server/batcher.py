@@ -61,8 +61,10 @@ class _Pending:
     size: int
     deadline: float | None  # time.monotonic()
     arrived_ns: int
-    # Only a queued request waits, so only it gets an Event (the idle path makes none).
-    done: threading.Event | None = None
+    # Only a queued request waits, so only it gets a lock, taken while it is queued: its
+    # one wake-up releases it. (A bare lock, not an Event: a wake-up is one futex call,
+    # not a Condition's Python, and every queued request pays it under the GIL.)
+    done: threading.Lock | None = None
     queued: bool = False
     lead: bool = False
     error: ZooError | None = None
@@ -77,7 +79,7 @@ class _Pending:
 
     def wake(self) -> None:
         if self.done is not None:
-            self.done.set()
+            self.done.release()
 
     def outcome(self) -> BatchResult:
         if self.error is not None:
@@ -95,6 +97,12 @@ def _deadline(ctx: CallContext | None, timeout_s: float | None) -> float | None:
     if timeout_s is not None:
         remaining = timeout_s if remaining is None else min(remaining, timeout_s)
     return None if remaining is None else time.monotonic() + remaining
+
+
+def _execution_failure(error: Exception, size: int) -> ModelExecutionError:
+    # onnxruntime's errors are untyped: any is the model's failure, logged with its trace.
+    log.error("session call failed for a batch of %d", size, exc_info=error)
+    return ModelExecutionError(f"model execution failed: {error}")
 
 
 def _shape_key(inputs: dict[str, np.ndarray]) -> tuple[tuple[int, ...], ...]:
@@ -139,20 +147,31 @@ class DynamicBatcher:
     ) -> BatchResult:
         """Run `inputs` (batch `size`), alone or batched with others; blocks until done.
         `timeout_s`: the longest it may wait in the queue (besides the call's deadline)."""
-        pending = _Pending(inputs, size, _deadline(ctx, timeout_s), time.perf_counter_ns())
+        arrived_ns = time.perf_counter_ns()
         with self._lock:
-            leads = self._running < self._instances
-            if leads:
+            idle = self._running < self._instances
+            if idle:
                 self._running += 1
             else:
+                pending = _Pending(inputs, size, _deadline(ctx, timeout_s), arrived_ns)
                 self._enqueue(pending)
-        if not leads:
-            if ctx is not None:
-                ctx.add_callback(lambda: self._withdraw(pending, "cancelled"))
-            self._await(pending)
-            if not pending.lead:
-                return pending.outcome()
-        self._lead(pending)
+        if idle:
+            # Nothing is queued while a lane is free (a finishing call hands its lane to
+            # the oldest queued request), so this request runs alone, at once.
+            try:
+                # It may have waited for a thread (server.app's inference pool) until its
+                # deadline passed: then it is not worth computing.
+                remaining = ctx.time_remaining() if ctx is not None else None
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceededError("deadline exceeded before it ran; not computed")
+                return self._run_alone(inputs, size, arrived_ns)
+            finally:
+                self._hand_off()
+        if ctx is not None:
+            ctx.add_callback(lambda: self._withdraw(pending, "cancelled"))
+        self._await(pending)
+        if pending.lead:
+            self._lead(pending)
         return pending.outcome()
 
     def _enqueue(self, pending: _Pending) -> None:
@@ -162,17 +181,18 @@ class DynamicBatcher:
                 f"{self._max_queue_size}); retry later"
             )
         pending.queued = True
-        pending.done = threading.Event()
+        pending.done = threading.Lock()
+        pending.done.acquire()
         self._queue.append(pending)
         if self._gathering:
             self._arrived.notify_all()
 
     def _await(self, pending: _Pending) -> None:
         assert pending.done is not None
-        timeout = None if pending.deadline is None else max(pending.deadline - time.monotonic(), 0)
-        if not pending.done.wait(timeout):
+        timeout = -1 if pending.deadline is None else max(pending.deadline - time.monotonic(), 0)
+        if not pending.done.acquire(timeout=timeout):
             self._withdraw(pending, "deadline")
-            pending.done.wait()  # already taken into a batch: it finishes soon
+            pending.done.acquire()  # already taken into a batch: it finishes soon
 
     def _withdraw(self, pending: _Pending, why: str) -> None:
         with self._lock:
@@ -194,8 +214,9 @@ class DynamicBatcher:
             batch.append(first)
         with self._lock:
             size = self._fill(batch)
-            # Wait for a preferred size only when requests are queueing, never when idle.
-            if first.lead and self._batching and self._max_delay:
+            # A lead handed on means requests are queueing: then a preferred size is
+            # worth a wait (an idle model never waits: it runs alone).
+            if self._batching and self._max_delay:
                 size = self._gather(batch, size)
         try:
             if batch:
@@ -247,10 +268,10 @@ class DynamicBatcher:
                 feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
             t1 = time.perf_counter_ns()
             outputs = self._run(feeds)
-        except Exception as error:  # onnxruntime's errors are untyped
-            log.exception("session call failed for a batch of %d", size)
+        except Exception as error:
+            failure = _execution_failure(error, size)
             for p in batch:
-                p.fail(ModelExecutionError(f"model execution failed: {error}"))
+                p.fail(failure)
             return
         t2 = time.perf_counter_ns()
         # A lone request takes the outputs whole: a model without a batch dimension
@@ -261,6 +282,16 @@ class DynamicBatcher:
         for p, outs in zip(batch, parts, strict=True):
             p.result = BatchResult(outs, t0 - p.arrived_ns, timing, size)
             p.wake()
+
+    def _run_alone(self, inputs: dict[str, np.ndarray], size: int, arrived_ns: int) -> BatchResult:
+        t0 = time.perf_counter_ns()
+        try:
+            outputs = self._run(inputs)
+        except Exception as error:
+            raise _execution_failure(error, size) from None
+        timing = BatchTiming(0, time.perf_counter_ns() - t0, 0)
+        self._on_execution(size, timing)
+        return BatchResult(outputs, t0 - arrived_ns, timing, size)
 
     @staticmethod
     def _split(batch: list[_Pending], outputs: list[np.ndarray]) -> list[list[np.ndarray]]:

@@ -316,12 +316,13 @@ def requested_outputs(
     outputs: dict[str, int],
     memory: SharedMemoryRegistry | None = None,
     specs: Sequence[TensorSpec] = (),
-) -> list[Requested]:
-    """The outputs to return, in the requested order (all of them when none is named).
+) -> list[Requested] | None:
+    """The outputs to return, in the requested order; None when none is named: then
+    every output, whole, in the model's order (the common case, kept free of objects).
     `specs`, the model's outputs by index, lets a classification of a BYTES output be
     refused before the model runs."""
     if not request.outputs:
-        return [Requested(i) for i in outputs.values()]
+        return None
     wanted = []
     for o in request.outputs:
         if o.parameters:

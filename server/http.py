@@ -306,11 +306,18 @@ def infer_response(
 class HttpServer:
     """The REST API and the page, served from a thread of its own."""
 
-    def __init__(self, core: InferenceCore, settings: ServeSettings, peers: Peers | None) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        settings: ServeSettings,
+        peers: Peers | None,
+        infer_pool: ThreadPoolExecutor,
+    ) -> None:
         self.core = core
         self.settings = settings
         self.peers = peers
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="http")
+        self.infer_pool = infer_pool  # shared with gRPC's inference (server.app)
         self._in_flight = 0  # touched on the loop's thread only
         self._token = (
             settings.auth_token.get_secret_value().encode() if settings.auth_token else None
@@ -438,15 +445,18 @@ class HttpServer:
             ]
         )
 
-    async def _blocking(self, call: Callable[[], Any]) -> Any:
-        """A core call on the pool; at most --max-in-flight at once, as on gRPC."""
+    async def _blocking(
+        self, call: Callable[[], Any], pool: ThreadPoolExecutor | None = None
+    ) -> Any:
+        """A core call on `pool` (the HTTP pool by default); at most --max-in-flight at
+        once, as on gRPC."""
         if self._in_flight >= self.settings.max_in_flight:
             raise ResourceExhaustedError(
                 f"{self._in_flight} requests in progress, the limit (--max-in-flight)"
             )
         self._in_flight += 1
         try:
-            return await self.loop.run_in_executor(self.pool, call)
+            return await self.loop.run_in_executor(pool or self.pool, call)
         finally:
             self._in_flight -= 1
 
@@ -492,7 +502,7 @@ class HttpServer:
         body = await request.read()
         header, binary = _split_body(request, body)
         message = infer_request(name, version, header, binary)
-        reply = await self._blocking(lambda: self.core.infer(message, None))
+        reply = await self._blocking(lambda: self.core.infer(message, None), self.infer_pool)
         out_header, tail = infer_response(message, reply)
         text = json.dumps(out_header).encode()
         if not tail:

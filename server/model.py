@@ -19,6 +19,7 @@ from proto.grpc_service_pb2 import (
 from proto.model_config_pb2 import ModelConfig, ModelInput, ModelOutput
 from server.batcher import CallContext, DynamicBatcher
 from server.codec import (
+    Requested,
     TensorSpec,
     classify,
     decode_inputs,
@@ -258,6 +259,24 @@ class LoadedModel:
         outputs = self.session.run(self._output_names, self.reshapes.feeds(feeds))
         return self.reshapes.results(outputs)
 
+    def _encode_requested(
+        self, response: ModelInferResponse, wanted: list[Requested], outputs: list[np.ndarray]
+    ) -> None:
+        encode_outputs(
+            response,
+            [self.outputs[w.index] for w in wanted],
+            [
+                classify(
+                    outputs[w.index], w.class_count, self._labels_of(w.index),
+                    batched=self.max_batch_size > 0,
+                )
+                if w.class_count
+                else outputs[w.index]
+                for w in wanted
+            ],
+            [w.target for w in wanted],
+        )  # fmt: skip
+
     def infer(
         self,
         request: ModelInferRequest,
@@ -283,20 +302,10 @@ class LoadedModel:
             model_name=self.name, model_version=self.version, id=request.id
         )
         try:
-            encode_outputs(
-                response,
-                [self.outputs[w.index] for w in wanted],
-                [
-                    classify(
-                        result.outputs[w.index], w.class_count, self._labels_of(w.index),
-                        batched=self.max_batch_size > 0,
-                    )
-                    if w.class_count
-                    else result.outputs[w.index]
-                    for w in wanted
-                ],
-                [w.target for w in wanted],
-            )  # fmt: skip
+            if wanted is None:
+                encode_outputs(response, self.outputs, result.outputs)
+            else:
+                self._encode_requested(response, wanted, result.outputs)
         except ZooError as error:  # an output larger than its slot of shared memory
             self.stats.record_failure(time.perf_counter_ns() - start)
             self.metrics.failed(error.code)

@@ -38,6 +38,11 @@ def default_intra_op_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+def default_infer_threads() -> int:
+    """As many inference threads as CPUs (at least 2: one can decode while one computes)."""
+    return max(2, os.cpu_count() or 2)
+
+
 def session_options(
     intra_op_threads: int,
     inter_op_threads: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -68,26 +69,47 @@ def _translated(method: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
-def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
+def _on_pool(method: Callable[..., R], pool: ThreadPoolExecutor) -> Callable[..., R]:
+    """`method`, to be run by grpc's server on `pool` rather than on its own pool.
+    (grpc's sync server looks for this attribute on a handler; where it does not, the
+    handler runs on the server's pool: slower under load, the same answers.)"""
+
+    def on_pool(request: Any, context: grpc.ServicerContext) -> R:
+        return method(request, context)
+
+    on_pool.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    return on_pool
+
+
+def add_to_server(
+    servicer: InferenceServicer, server: grpc.Server, infer_pool: ThreadPoolExecutor | None = None
+) -> None:
     """Register `servicer` as the generated code would, but with deserializers that never
-    raise (see _tolerant)."""
+    raise (see _tolerant), and as registered methods: grpc's core then names the handler
+    of each call, where a generic handler is searched for in Python on every call.
+    ModelInfer runs on `infer_pool` when given: a few threads, so that the GIL is not
+    fought over by many (server.settings, infer_threads), while streams and health
+    watches, which hold a thread each for as long as they are open, keep the server's."""
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
+
+    def behaviour(name: str) -> Callable[..., Any]:
+        method = getattr(servicer, name)
+        return _on_pool(method, infer_pool) if name == "ModelInfer" and infer_pool else method
+
     handlers = {
         m.name: kinds[(m.client_streaming, m.server_streaming)](
-            getattr(servicer, m.name),
+            behaviour(m.name),
             request_deserializer=_tolerant(getattr(pb, m.input_type.name)),
             response_serializer=getattr(pb, m.output_type.name).SerializeToString,
         )
         for m in SERVICE.methods
     }
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
-    )
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
 class _StreamCall:

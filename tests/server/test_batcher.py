@@ -144,6 +144,19 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_not_computed() 
     assert batcher._running == 0
 
 
+def test_a_request_past_its_deadline_on_arrival_is_not_computed_and_frees_its_lane() -> None:
+    """A request that waited for an inference thread until its deadline passed."""
+    run = Recorder()
+    run.release.set()
+    batcher = _batcher(run)
+    with pytest.raises(DeadlineExceededError, match="not computed"):
+        batcher.submit(_x(1), 1, Context(remaining=-0.5))
+    assert run.sizes == []
+    assert batcher._running == 0
+    batcher.submit(_x(1), 1, Context(remaining=5.0))
+    assert run.sizes == [1]
+
+
 def test_a_requests_own_timeout_bounds_its_wait_in_the_queue() -> None:
     """The request parameter "timeout" (Triton's, in microseconds) as a queue deadline,
     without any call deadline; the sooner of the two applies when both are given."""

@@ -2,8 +2,8 @@
 
     python bench/ablation.py [--models bn_mlp,bn_cnn] [--seconds 3] [--rounds 3]
 
-Each rung is a server on the same gRPC stack as ours (server.app's options, thread
-pool and tolerant deserializers), answering ModelInfer with one more layer of our work
+Each rung is a server on the same gRPC stack as ours (server.app's thread pools, the
+inference one included, and tolerant deserializers), answering ModelInfer with one more layer of our work
 than the rung before, on the model's own LoadedModel:
 
     noop     canned replies: the Python gRPC stack alone
@@ -112,6 +112,7 @@ def run_rung(rung: str, repository: Path) -> int:
 
     from proto.grpc_service_pb2_grpc import GRPCInferenceServiceServicer
     from server.core import InferenceCore
+    from server.runtime import default_infer_threads
     from server.servicer import add_to_server
     from server.settings import ServeSettings
 
@@ -138,7 +139,7 @@ def run_rung(rung: str, repository: Path) -> int:
         options=[("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=settings.max_in_flight,
     )
-    add_to_server(Rung(), server)
+    add_to_server(Rung(), server, ThreadPoolExecutor(max_workers=default_infer_threads()))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"{rung}: ready on 127.0.0.1:{port}", flush=True)

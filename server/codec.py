@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -300,11 +301,11 @@ def _set(parameter: InferParameter) -> bool:
     return bool(_value(parameter))
 
 
-@dataclass(frozen=True)
-class Requested:
+class Requested(NamedTuple):
     """One output to return: the model's output `index`, whole, or (class_count > 0)
     as the top class_count classes (Triton's classification extension); written into
-    shared memory instead of the reply when `target` is set."""
+    shared memory instead of the reply when `target` is set. (A tuple: one is made per
+    requested output of every request.)"""
 
     index: int
     class_count: int = 0

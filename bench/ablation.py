@@ -3,8 +3,8 @@
     python bench/ablation.py [--models bn_mlp,bn_cnn] [--seconds 3] [--rounds 3]
 
 Each rung is a server on the same gRPC stack as ours (server.app's thread pools, the
-inference one included, and tolerant deserializers), answering ModelInfer with one more layer of our work
-than the rung before, on the model's own LoadedModel:
+inference one included, and tolerant deserializers), answering ModelInfer with one more
+layer of our work than the rung before, on the model's own LoadedModel:
 
     noop     canned replies: the Python gRPC stack alone
     decode   + the request decoded and checked (server.codec)

@@ -58,13 +58,15 @@ class ServeSettings(ZooSettings):
     )
     # Python runs one thread at a time (the GIL): every thread that waits for it makes
     # each hand-over slower, the session call's return included. On 2 cores, 2-4
-    # inference threads served bn_mlp batch 1 x 32 ~25% faster than 64, bn_cnn batch 32
-    # x 4 ~60% faster (README, serving); requests beyond them wait, admitted, for a thread.
+    # inference threads served bn_mlp batch 1 x 32 ~15-25% faster than 64 (README,
+    # serving). Requests beyond them wait, admitted (--max-in-flight bounds them all),
+    # for a thread; only requests on one reach a model's queue and can share a batch.
     infer_threads: int = Field(
         0,
         ge=0,
-        description="threads that run inference requests (gRPC and HTTP together); "
-        "0 is the number of CPUs, at least 2",
+        description="threads that run inference requests (gRPC and HTTP together); 0 is "
+        "the number of CPUs, at least 2. A model's queue (batches, max_queue_size) holds "
+        "only requests on these threads: raise it for deeper batches (e.g. on a GPU)",
     )
     # Admission before queueing: past these bounds a request is refused at once with
     # RESOURCE_EXHAUSTED, so that under overload admitted requests keep a bounded

@@ -82,14 +82,15 @@ def test_sweep_writes_runs_and_a_plot(zoo_server, model, tmp_path) -> None:
 
 
 def test_overload_counts_resource_exhausted(start_zoo_server, tiny_repository, tmp_path) -> None:
-    # One queued request at most, and a long batching delay so that requests do queue.
+    # One queued request at most, and a long batching delay so that requests do queue
+    # (on more inference threads than the model's two session calls take).
     repository = tmp_path / "repository"
     shutil.copytree(tiny_repository / "tiny_mlp", repository / "tiny_mlp")
     config = read_model_config(repository / "tiny_mlp")
     config.dynamic_batching.default_queue_policy.max_queue_size = 1
     config.dynamic_batching.max_queue_delay_microseconds = 50_000
     write_model_config(repository / "tiny_mlp", config)
-    server = start_zoo_server(repository)
+    server = start_zoo_server(repository, "--infer-threads", "8")
     _, report = zoo_load(
         server.address,
         "tiny_mlp",

@@ -62,7 +62,11 @@ def test_past_max_in_flight_the_excess_is_refused_and_service_recovers(
 def test_past_max_queue_size_the_excess_is_refused_and_service_recovers(
     start_zoo_server, reliability_repository: Path, request_bytes, judge, exactly
 ) -> None:
-    server = start_zoo_server(reliability_repository, "--max-queue-size", "2")
+    # Requests reach the model's queue only on an inference thread: more of them than
+    # the queue and the two session calls hold.
+    server = start_zoo_server(
+        reliability_repository, "--max-queue-size", "2", "--infer-threads", str(BURST)
+    )
     with grpc.insecure_channel(server.address) as channel:
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         message = request_bytes("tiny_slow", SLOW_BATCH)

@@ -63,7 +63,8 @@ def _code(call: Callable[[], object]) -> grpc.StatusCode:
 def test_sigterm_turns_health_off_refuses_new_requests_finishes_in_flight_ones_exits_0(
     start_zoo_server, slow_repository: Path, request_for, random_images
 ) -> None:
-    server = start_zoo_server(slow_repository, "--grace", "20")
+    # Three in flight at once: more inference threads than the model's two session calls.
+    server = start_zoo_server(slow_repository, "--grace", "20", "--infer-threads", "4")
     channel = grpc.insecure_channel(server.address)
     stub = GRPCInferenceServiceStub(channel)
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
@@ -95,7 +96,9 @@ def _in_flight(server) -> float:
 def test_past_the_queue_limit_requests_get_resource_exhausted_and_others_are_served(
     start_zoo_server, slow_repository: Path, request_for, random_images
 ) -> None:
-    stub = _stub(start_zoo_server(slow_repository).address)
+    # Requests reach the model's queue only on an inference thread: more of them than
+    # the queue and the two session calls hold.
+    stub = _stub(start_zoo_server(slow_repository, "--infer-threads", "8").address)
     request = request_for("tiny_slow", random_images(SLOW_BATCH))
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda _: _code(lambda: stub.ModelInfer(request)), range(8)))

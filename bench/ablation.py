@@ -86,7 +86,7 @@ def _handlers(core: Any) -> dict[str, Handler]:
         model = model_of(request)
         arrays, _ = decode_inputs(request, model.inputs, model.max_batch_size)
         requested_outputs(request, model.output_index)
-        return answer(request, model, model._run(arrays))
+        return answer(request, model, model._run(arrays, False))
 
     def batcher(request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         model = model_of(request)

@@ -37,7 +37,9 @@ from zoo.errors import (
 log = logging.getLogger(__name__)
 
 NO_DEADLINE_S = 86_400.0
-RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+# run(feeds, only_call): only_call says no other call of the model is in progress, so
+# that the call may take every core (server.model keeps a session for that).
+RunFn = Callable[[dict[str, np.ndarray], bool], list[np.ndarray]]
 
 
 class CallContext(Protocol):
@@ -152,6 +154,7 @@ class DynamicBatcher:
             idle = self._running < self._instances
             if idle:
                 self._running += 1
+                only_call = self._running == 1
             else:
                 pending = _Pending(inputs, size, _deadline(ctx, timeout_s), arrived_ns)
                 self._enqueue(pending)
@@ -164,7 +167,7 @@ class DynamicBatcher:
                 remaining = ctx.time_remaining() if ctx is not None else None
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceededError("deadline exceeded before it ran; not computed")
-                return self._run_alone(inputs, size, arrived_ns)
+                return self._run_alone(inputs, size, arrived_ns, only_call)
             finally:
                 self._hand_off()
         if ctx is not None:
@@ -218,9 +221,10 @@ class DynamicBatcher:
             # worth a wait (an idle model never waits: it runs alone).
             if self._batching and self._max_delay:
                 size = self._gather(batch, size)
+            only_call = self._running == 1
         try:
             if batch:
-                self._execute(batch, size)
+                self._execute(batch, size, only_call)
         finally:
             self._hand_off()
 
@@ -259,7 +263,7 @@ class DynamicBatcher:
             self._gathering = False
         return size
 
-    def _execute(self, batch: list[_Pending], size: int) -> None:
+    def _execute(self, batch: list[_Pending], size: int, only_call: bool) -> None:
         t0 = time.perf_counter_ns()
         try:
             if len(batch) == 1:
@@ -267,7 +271,7 @@ class DynamicBatcher:
             else:
                 feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
             t1 = time.perf_counter_ns()
-            outputs = self._run(feeds)
+            outputs = self._run(feeds, only_call)
         except Exception as error:
             failure = _execution_failure(error, size)
             for p in batch:
@@ -283,10 +287,12 @@ class DynamicBatcher:
             p.result = BatchResult(outs, t0 - p.arrived_ns, timing, size)
             p.wake()
 
-    def _run_alone(self, inputs: dict[str, np.ndarray], size: int, arrived_ns: int) -> BatchResult:
+    def _run_alone(
+        self, inputs: dict[str, np.ndarray], size: int, arrived_ns: int, only_call: bool
+    ) -> BatchResult:
         t0 = time.perf_counter_ns()
         try:
-            outputs = self._run(inputs)
+            outputs = self._run(inputs, only_call)
         except Exception as error:
             raise _execution_failure(error, size) from None
         timing = BatchTiming(0, time.perf_counter_ns() - t0, 0)

@@ -7,6 +7,7 @@ layer maps to a status in its one table.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -36,7 +37,13 @@ from server.config_support import check_supported, graph_optimization_level
 from server.manager import ModelManager
 from server.metrics import ServerMetrics
 from server.model import LoadedModel
-from server.runtime import create_session, resolve_providers, session_options
+from server.runtime import (
+    CPU,
+    create_session,
+    default_intra_op_threads,
+    resolve_providers,
+    session_options,
+)
 from server.settings import ServeSettings
 from server.shared_memory import SharedMemoryRegistry
 from server.stats import Duration
@@ -138,12 +145,18 @@ class InferenceCore:
         )
 
     def _load(self, model_dir: Path, version: int, config: ModelConfig) -> LoadedModel:
+        path = model_file(model_dir, version, config)
         session = create_session(
-            model_file(model_dir, version, config),
+            path,
             self._providers,
             self._session_options(config),
             require_gpu=self.settings.device == "cuda",
         )
+        wide = None
+        if self._wide_threads:
+            wide = create_session(
+                path, self._providers, self._session_options(config, self._wide_threads)
+            )
         return LoadedModel(
             model_dir,
             version,
@@ -152,16 +165,28 @@ class InferenceCore:
             self.metrics,
             self.settings.instances,
             self.settings.max_queue_size,
+            wide_session=wide,
         )
 
-    def _session_options(self, config: ModelConfig) -> ort.SessionOptions:
-        """The server's options, with the graph optimisation level the config asks for."""
+    @property
+    def _wide_threads(self) -> int:
+        """Threads for a model's wide session (0: none): every CPU, where the thread
+        count is ours to choose (not set by --intra-op-threads) and on the CPU only."""
+        cpus = os.cpu_count() or 1
+        narrow = default_intra_op_threads()
+        on_cpu = self._providers[0] == CPU
+        return cpus if on_cpu and not self.settings.intra_op_threads and cpus > narrow else 0
+
+    def _session_options(self, config: ModelConfig, threads: int = 0) -> ort.SessionOptions:
+        """The server's options (`threads` intra-op threads if given), with the graph
+        optimisation level the config asks for."""
         level = graph_optimization_level(config)
-        if level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
+        if level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL and not threads:
             return self._options
-        log.info("model %s: onnxruntime graph optimisation %s", config.name, level.name)
+        if level != ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
+            log.info("model %s: onnxruntime graph optimisation %s", config.name, level.name)
         s = self.settings
-        return session_options(s.intra_op_threads, s.inter_op_threads, s.spin, level)
+        return session_options(threads or s.intra_op_threads, s.inter_op_threads, s.spin, level)
 
     def start(self) -> None:
         """Load every model (failures are recorded, not raised), then start polling."""

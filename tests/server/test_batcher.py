@@ -25,11 +25,13 @@ class Recorder:
     def __init__(self, fail: bool = False) -> None:
         self.sizes: list[int] = []
         self.threads: list[str] = []
+        self.only_calls: list[bool] = []
         self.release = threading.Event()
         self.entered = threading.Event()
         self.fail = fail
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray], only_call: bool) -> list[np.ndarray]:
+        self.only_calls.append(only_call)
         self.threads.append(threading.current_thread().name)
         self.sizes.append(len(feeds["x"]))
         self.entered.set()
@@ -81,6 +83,27 @@ def test_an_idle_model_runs_the_request_at_once_on_the_callers_thread() -> None:
     assert run.threads == [threading.current_thread().name]
     np.testing.assert_array_equal(result.outputs[0], np.full((1, 3), 3.0))
     assert result.batch_size == 1
+
+
+def test_a_call_is_the_only_call_exactly_when_no_other_is_in_progress() -> None:
+    """What lets the model take every core for a call (its wide session) while idle."""
+    run = Recorder()
+    batcher = _batcher(run, instances=2)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.submit, _x(0), 1)
+        run.entered.wait(5)
+        second = pool.submit(batcher.submit, _x(1), 1)  # the second lane, beside the first
+        _wait_until(lambda: len(run.only_calls) == 2)
+        queued = pool.submit(batcher.submit, _x(2), 1)
+        _wait_queued(batcher, 1)
+        run.release.set()
+        for future in (first, second, queued):
+            future.result(5)
+    assert run.only_calls[:2] == [True, False]
+    assert len(run.only_calls) == 3  # the queued one ran beside, or after, the others
+    run.only_calls.clear()
+    batcher.submit(_x(3), 1)  # idle again
+    assert run.only_calls == [True]
 
 
 def test_requests_arriving_while_busy_run_as_one_batch_and_are_split_back() -> None:

@@ -152,7 +152,7 @@ def test_queued_string_requests_run_as_one_batch_and_are_split_back(
     session = ort.InferenceSession(str(string_repository / IDENTITY / "1" / "model.onnx"))
     held, release, sizes = threading.Event(), threading.Event(), []
 
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(feeds: dict[str, np.ndarray], only_call: bool) -> list[np.ndarray]:
         sizes.append(len(feeds["INPUT0"]))
         if len(sizes) == 1:
             held.set()

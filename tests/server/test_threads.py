@@ -4,12 +4,15 @@ thread each for as long as they are open, cannot starve it of threads."""
 from __future__ import annotations
 
 import json
+import os
 import queue
+import re
 import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from proto import grpc_service_pb2 as pb
 from proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -63,3 +66,18 @@ def test_inference_is_answered_while_open_streams_hold_every_server_thread(
         for requests, _ in streams:
             requests.put(None)
         channel.close()
+
+
+def test_each_model_times_every_core_against_its_share_unless_threads_are_set(
+    start_zoo_server, tiny_repository: Path
+) -> None:
+    """A lone call may take every core (a second session); whether it does is timed at
+    load, per model, and said. A thread count set by hand leaves one session."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: a model's share of the cores is all of them")
+    timed = start_zoo_server(tiny_repository)
+    said = r"model (\w+) version 1: a lone call takes .*: (every core|its share)"
+    chosen = re.findall(said, timed.log())
+    assert sorted(name for name, _ in chosen) == ["tiny_cnn", "tiny_mlp"]
+    fixed = start_zoo_server(tiny_repository, "--intra-op-threads", "1")
+    assert "a lone call takes" not in fixed.log()

@@ -732,7 +732,10 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(args.peers.split(",")) - set(PEERS)
         if unknown:
             parser.error(f"--peers: expected some of {','.join(PEERS)}, got {','.join(unknown)}")
-        return write_results(run_peers(args), peers_table, args.output or RESULTS / "peers.json")
+        output = args.output or RESULTS / "peers.json"
+        results = run_peers(args)
+        peers_figure(results, output.with_suffix(".png"))
+        return write_results(results, peers_table, output)
     if not PERF_ANALYZER.exists():
         raise SystemExit(f"{PERF_ANALYZER} missing: run bash tools/install-perf-analyzer.sh")
     models = args.models or list_models(args.repository)
@@ -748,6 +751,35 @@ def main(argv: list[str] | None = None) -> int:
     return write_results(
         results, partial(table, models=models), args.output or RESULTS / "serve.json"
     )
+
+
+def peers_figure(results: dict, path: Path) -> None:
+    """Each computing server's requests/s as a fraction of the roofline, per load point
+    (the no-op server, which computes nothing, is in the roofline): the aim's 0.9 across."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    servers = [kind for kind in results["servers"] if kind != "noop"]
+    points = results["points"]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(servers)
+    for i, kind in enumerate(servers):
+        shares = [p["medians"][kind]["requests_per_s"] / p["roofline_rps"] for p in points]
+        xs = [x + (i - (len(servers) - 1) / 2) * width for x in range(len(points))]
+        ax.bar(xs, shares, width, label=PEER_NAMES[kind])
+    ax.axhline(0.9, color="black", linestyle="--", linewidth=1, label="0.9 of the roofline")
+    ax.set_xticks(
+        range(len(points)),
+        [f"{p['model']}\nbatch {p['batch']} × {p['concurrency']}" for p in points],
+    )
+    ax.set_ylabel("req/s ÷ roofline")
+    ax.set_title(f"Served requests/s against the roofline, {results['cpus']} CPUs, one run")
+    ax.legend(fontsize=8, ncol=len(servers) + 1, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write_results(results: dict, render: Callable[[dict], str], output: Path) -> int:

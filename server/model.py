@@ -35,7 +35,7 @@ from server.shared_memory import SharedMemoryRegistry
 from server.stats import BatchTiming, ModelStats
 from server.warmup import warm_up, warmup_samples
 from zoo.card import CARD_METADATA_KEY, ModelCard
-from zoo.datatypes import DATATYPES
+from zoo.datatypes import BYTES, DATATYPES
 from zoo.errors import InvalidArgumentError, ZooError
 from zoo.repository import PLATFORM_ONNX, datatype_from_kserve, kserve_datatype, read_card
 
@@ -71,7 +71,7 @@ def _zeros(specs: dict[str, TensorSpec], reshapes: Reshapes) -> dict[str, np.nda
     feeds = {}
     for spec in specs.values():
         shape = tuple(1 if i == 0 and d == -1 else d for i, d in enumerate(spec.shape))
-        if -1 in shape or spec.datatype == "BYTES":
+        if -1 in shape or spec.datatype == BYTES:
             return None
         feeds[spec.name] = np.zeros(shape, spec.dtype)
     return reshapes.feeds(feeds)

@@ -114,6 +114,11 @@ def write_model_config(model_dir: Path, config: ModelConfig) -> Path:
     target = model_dir / CONFIG_FILENAME
     fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".config.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); the config gets a new file's modes.
+        # (Reading the umask sets it for a moment: the exporter writes from one thread.)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w") as f:
             f.write(_HEADER + text_format.MessageToString(config))
         os.replace(tmp, target)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from proto.model_config_pb2 import DataType, ModelVersionPolicy
+from proto.model_config_pb2 import DataType, ModelConfig, ModelVersionPolicy
 from zoo.card import ModelCard
 from zoo.errors import InvalidArgumentError, NotFoundError
 from zoo.repository import (
@@ -119,3 +121,15 @@ def test_kserve_datatype_names() -> None:
     assert datatype_from_kserve("BYTES") == DataType.TYPE_STRING
     with pytest.raises(InvalidArgumentError, match="unknown datatype 'FLOAT'"):
         datatype_from_kserve("FLOAT")
+
+
+def test_a_written_config_has_the_modes_of_any_new_file(tmp_path: Path) -> None:
+    """Readable by whoever the umask lets read new files (a server running as another
+    user, a container), not only by its writer as a private temporary file would be."""
+    config = ModelConfig(name="m", max_batch_size=1)
+    old = os.umask(0o022)
+    try:
+        path = write_model_config(tmp_path / "m", config)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

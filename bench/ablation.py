@@ -38,7 +38,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.serve import LOADS, PERF_ANALYZER, RESULTS, ServerProcess, perf_analyzer  # noqa: E402
+from bench.serve import (  # noqa: E402
+    LOADS,
+    PERF_ANALYZER,
+    RESULTS,
+    ServerProcess,
+    canned_replies,
+    perf_analyzer,
+)
 from proto import grpc_service_pb2 as pb  # noqa: E402
 
 log = logging.getLogger("bench.ablation")
@@ -51,29 +58,19 @@ def _handlers(core: Any) -> dict[str, Handler]:
     """ModelInfer for each rung below "full", on `core`'s loaded models."""
     from server.codec import decode_inputs, encode_outputs, requested_outputs
 
-    canned: dict[tuple[str, int], pb.ModelInferResponse] = {}
+    reply = canned_replies(core)
 
     def model_of(request: pb.ModelInferRequest) -> Any:
         return core.manager.get(request.model_name, request.model_version)
 
-    def reply(model: Any, batch: int) -> pb.ModelInferResponse:
-        key = (model.name, batch)
-        if key not in canned:
-            response = pb.ModelInferResponse(model_name=model.name, model_version=model.version)
-            for spec in model.outputs:
-                response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[batch, 10])
-                response.raw_output_contents.append(bytes(4 * 10 * batch))
-            canned[key] = response
-        return canned[key]
-
     def noop(request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return reply(model_of(request), request.inputs[0].shape[0])
+        return reply(request)
 
     def decode(request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         model = model_of(request)
-        _, size = decode_inputs(request, model.inputs, model.max_batch_size)
+        decode_inputs(request, model.inputs, model.max_batch_size)
         requested_outputs(request, model.output_index)
-        return reply(model, size)
+        return reply(request)
 
     def answer(request: pb.ModelInferRequest, model: Any, outputs: list) -> pb.ModelInferResponse:
         response = pb.ModelInferResponse(

@@ -88,6 +88,26 @@ PEER_LOADS = ((1, 1), (1, 32), (32, 4))  # (batch, concurrency)
 # -- the no-op server ----------------------------------------------------------------
 
 
+def canned_replies(core: Any) -> Callable[[pb.ModelInferRequest], pb.ModelInferResponse]:
+    """ModelInfer replies of zeros shaped like the model's outputs (every zoo model's are
+    [batch, 10]), made once per model and batch size: answering costs no computing."""
+    canned: dict[tuple[str, int], pb.ModelInferResponse] = {}
+
+    def reply(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        model = core.manager.get(request.model_name, request.model_version)
+        batch = request.inputs[0].shape[0]
+        key = (model.name, batch)
+        if key not in canned:
+            response = pb.ModelInferResponse(model_name=model.name, model_version=model.version)
+            for spec in model.outputs:
+                response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[batch, 10])
+                response.raw_output_contents.append(bytes(4 * 10 * batch))
+            canned[key] = response
+        return canned[key]
+
+    return reply
+
+
 def run_noop_server(repository: Path) -> int:
     """Serve metadata/config like our server, and canned ModelInfer replies."""
     from concurrent.futures import ThreadPoolExecutor as Pool
@@ -103,18 +123,7 @@ def run_noop_server(repository: Path) -> int:
 
     core = InferenceCore(ServeSettings(repository=repository, device="cpu"))
     core.start()
-    canned: dict[tuple[str, int], pb.ModelInferResponse] = {}
-
-    def reply(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        batch = request.inputs[0].shape[0]
-        key = (request.model_name, batch)
-        if key not in canned:
-            response = pb.ModelInferResponse(model_name=request.model_name, model_version="1")
-            for name in ("logits", "probabilities"):
-                response.outputs.add(name=name, datatype="FP32", shape=[batch, 10])
-                response.raw_output_contents.append(bytes(4 * 10 * batch))
-            canned[key] = response
-        return canned[key]
+    reply = canned_replies(core)
 
     class Noop(GRPCInferenceServiceServicer):
         def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:

@@ -33,7 +33,7 @@ from server.metrics import ServerMetrics
 from server.reshape import Reshapes, model_dims
 from server.shared_memory import SharedMemoryRegistry
 from server.stats import BatchTiming, ModelStats
-from server.warmup import warm_up, warmup_samples
+from server.warmup import warm_up, warmup_samples, zeros
 from zoo.card import CARD_METADATA_KEY, ModelCard
 from zoo.datatypes import BYTES, DATATYPES
 from zoo.errors import InvalidArgumentError, ZooError
@@ -65,15 +65,18 @@ WIDE_GAIN = 0.9
 WIDE_TIMING_CALLS = 15
 
 
-def _zeros(specs: dict[str, TensorSpec], reshapes: Reshapes) -> dict[str, np.ndarray] | None:
+def _lone_call_feeds(
+    specs: dict[str, TensorSpec], reshapes: Reshapes
+) -> dict[str, np.ndarray] | None:
     """One batch-1 item of zeros per input, as the model takes it; None when an input
-    has no fixed shape or is text."""
+    has no fixed shape besides the batch, or is text (empty strings may be no valid
+    input: a model that parses numbers from its text fails on them)."""
     feeds = {}
     for spec in specs.values():
         shape = tuple(1 if i == 0 and d == -1 else d for i, d in enumerate(spec.shape))
         if -1 in shape or spec.datatype == BYTES:
             return None
-        feeds[spec.name] = np.zeros(shape, spec.dtype)
+        feeds[spec.name] = zeros(spec, shape)
     return reshapes.feeds(feeds)
 
 
@@ -287,7 +290,7 @@ class LoadedModel:
     def _wide_pays(self, wide: ort.InferenceSession) -> bool:
         """Whether every core makes a lone batch-1 call much faster, timed at load: a
         small model (an MLP's ~0.03 ms call) only pays for the threads' hand-over."""
-        feeds = _zeros(self.inputs, self.reshapes)
+        feeds = _lone_call_feeds(self.inputs, self.reshapes)
         if feeds is None:
             return False  # no fixed shape to time with: one session for every call
         timings = {}

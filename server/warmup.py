@@ -42,7 +42,8 @@ class WarmupSample:
     count: int
 
 
-def _zeros(spec: TensorSpec, dims: tuple[int, ...]) -> np.ndarray:
+def zeros(spec: TensorSpec, dims: tuple[int, ...]) -> np.ndarray:
+    """A tensor of zeros (empty strings for BYTES) for `spec`."""
     if spec.dtype.kind == "O":  # BYTES: onnxruntime's string tensors take str objects
         return np.full(dims, "", dtype=object)
     return np.zeros(dims, spec.dtype)
@@ -51,7 +52,7 @@ def _zeros(spec: TensorSpec, dims: tuple[int, ...]) -> np.ndarray:
 def _random(spec: TensorSpec, dims: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     dtype = spec.dtype
     if dtype.kind == "O":  # as Triton: random strings are empty ones
-        return _zeros(spec, dims)
+        return zeros(spec, dims)
     if dtype.kind == "f":
         # Uniform in [0, 1): random bit patterns (Triton's) would include NaN and inf.
         return rng.random(dims).astype(dtype)
@@ -126,7 +127,7 @@ def _item(
         )
     kind = given.WhichOneof("input_data_type")
     if kind == "zero_data":
-        return _zeros(spec, dims)
+        return zeros(spec, dims)
     if kind == "random_data":
         return _random(spec, dims, rng)
     if kind == "input_data_file":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import hashlib
 import logging
 import os
@@ -112,6 +113,11 @@ class Replicas:
             # exception", seen in 1 of ~5 runs of a two-process test on a busy machine).
             dist.barrier()
         finally:
+            # DistributedDataParallel sits in a reference cycle and its reducer holds the
+            # group: left to the cyclic collector, a wrapper made inside outlives the
+            # group, possibly into interpreter shutdown, where a gloo group's teardown
+            # can abort the process. Free such wrappers while everything is still up.
+            gc.collect()
             dist.destroy_process_group()
 
     def usable(self, count: int) -> int:

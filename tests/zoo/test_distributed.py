@@ -5,7 +5,9 @@ the refusals)."""
 
 from __future__ import annotations
 
+import gc
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from zoo import repository
 from zoo.card import ModelCard
@@ -168,6 +171,29 @@ def test_ddp_of_one_process_trains_exactly_as_no_ddp(one_process_group: Replicas
     assert all(torch.equal(alone[k], grouped[k]) for k in alone)  # buffers too
     assert histories[1].epochs[0]["replicas_agree"] is True
     assert histories[0].epochs[0]["train_loss"] == histories[1].epochs[0]["train_loss"]
+
+
+def test_no_ddp_wrapper_outlives_the_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    # DDP sits in a reference cycle, and its reducer holds the group: left to the cyclic
+    # collector it can be freed after the group, even in interpreter shutdown. With the
+    # collector off, only the group's own exit can free it here.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    replicas = Replicas(distributed=True)
+    x, y = train_val_split()[0].tensors()
+    gc.disable()
+    try:
+        with replicas.process_group("cpu"):
+            fit(get_spec("plain_mlp_relu").build(), (x[:256], y[:256]), TrainRecipe(),
+                max_steps=2, progress=False, replicas=replicas)  # fmt: skip
+        left = [o for o in gc.get_objects() if type(o) is DistributedDataParallel]
+    finally:
+        gc.enable()
+    assert left == []
 
 
 def test_sync_batchnorms_replaces_plain_batchnorm_only_and_loads_back() -> None:

@@ -171,6 +171,14 @@ class ModelManager:
             entry = self._entries[name]
         if not entry.versions:
             raise FailedPreconditionError(f"failed to load {name!r}: {entry.reason()}")
+        if entry.failed:  # the reasons say which versions serve their previous load
+            raise FailedPreconditionError(f"failed to load {name!r}: {entry.reason()}")
+        if "" in entry.states:  # the config: every version serves its previous load
+            serving = ", ".join(map(str, sorted(entry.versions)))
+            raise FailedPreconditionError(
+                f"failed to load {name!r}: {entry.states[''].reason} (the previous load "
+                f"serves on: version{'s' if len(entry.versions) > 1 else ''} {serving})"
+            )
 
     def unload(self, name: str) -> None:
         with self._sync_lock:

@@ -441,6 +441,44 @@ def test_model_control_takes_a_json_config_and_refuses_file_parameters(
     assert max_batch_size() == 64 and _code(lambda: stub.ModelInfer(eight)) == grpc.StatusCode.OK
 
 
+def test_a_load_that_fails_says_so_while_the_previous_load_serves_on(
+    start_zoo_server, tiny_repository: Path, tmp_path: Path, request_for, random_images
+) -> None:
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_repository / "tiny_mlp", repository / "tiny_mlp")
+    stub = _stub(start_zoo_server(repository, "--allow-model-control").address)
+    request = request_for("tiny_mlp", random_images(2))
+    before = stub.ModelInfer(request)
+    load = pb.RepositoryModelLoadRequest(model_name="tiny_mlp")
+
+    def refusal() -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RepositoryModelLoad(load)
+        return refused.value
+
+    model_file = repository / "tiny_mlp" / "1" / "model.onnx"
+    good_model = model_file.read_bytes()
+    model_file.write_bytes(b"not an onnx file")
+    error = refusal()
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details().startswith("failed to load 'tiny_mlp': 1: serving the previous load")
+    assert "onnxruntime cannot load it" in error.details()
+    assert stub.ModelInfer(request).raw_output_contents == before.raw_output_contents
+
+    model_file.write_bytes(good_model)
+    config = repository / "tiny_mlp" / "config.pbtxt"
+    good_config = config.read_text()
+    config.write_text("max_batch_size: nonsense")
+    error = refusal()
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "tiny_mlp/config.pbtxt" in error.details()
+    assert error.details().endswith("(the previous load serves on: version 1)")
+    assert stub.ModelInfer(request).raw_output_contents == before.raw_output_contents
+
+    config.write_text(good_config)
+    assert _code(lambda: stub.RepositoryModelLoad(load)) == grpc.StatusCode.OK
+
+
 def test_idle_connections_to_the_metrics_port_take_a_bounded_number_of_threads(
     start_zoo_server, tiny_repository: Path
 ) -> None:

@@ -132,12 +132,21 @@ class ModelManager:
         return [m for _, m in sorted(entry.versions.items())]
 
     def index(self) -> list[tuple[str, str, VersionState]]:
-        """(name, version, state) for every model and version known, failed ones included."""
-        return [
+        """(name, version, state) for every model and version known, failed ones included,
+        and, as Triton lists what a load request could load, a bare name (no version, no
+        state) for each model folder in the repository that was never loaded."""
+        entries = dict(self._entries)  # a snapshot: a load may publish meanwhile
+        try:
+            never_loaded = set(list_models(self.repository)) - set(entries)
+        except NotFoundError:  # the repository folder itself vanished: what is loaded serves
+            never_loaded = set()
+        known = [
             (name, version, state)
-            for name, entry in sorted(self._entries.items())
+            for name, entry in entries.items()
             for version, state in sorted(entry.states.items())
         ]
+        bare = [(name, "", VersionState("")) for name in never_loaded]
+        return sorted(known + bare, key=lambda row: row[0])
 
     # -- changing (serialised) --
 

@@ -172,7 +172,8 @@ def test_polling_swaps_versions_without_failing_requests_and_reports_broken_mode
     (broken / "1" / "model.onnx").write_bytes(b"not an onnx file")
     card = read_card(repository / "tiny_mlp").model_copy(update={"name": "broken"})
     write_model_config(broken, config_for_card(card))
-    _wait_for(lambda: "broken" in {m.name for m in _index(stub)})
+    # Listed by name as soon as its folder is there; with a state once a poll tried it.
+    _wait_for(lambda: any(m.name == "broken" and m.state for m in _index(stub)))
     (entry,) = [m for m in _index(stub) if m.name == "broken"]
     assert entry.state == "UNAVAILABLE" and "onnxruntime cannot load it" in entry.reason
     assert _code(lambda: stub.ModelInfer(request_for("broken", random_images(1)))) == (
@@ -477,6 +478,25 @@ def test_a_load_that_fails_says_so_while_the_previous_load_serves_on(
 
     config.write_text(good_config)
     assert _code(lambda: stub.RepositoryModelLoad(load)) == grpc.StatusCode.OK
+
+
+def test_the_index_lists_a_model_folder_added_since_the_start_before_it_is_loaded(
+    start_zoo_server, tiny_repository: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_repository / "tiny_mlp", repository / "tiny_mlp")
+    stub = _stub(start_zoo_server(repository, "--allow-model-control").address)
+    shutil.copytree(tiny_repository / "tiny_cnn", repository / "tiny_cnn")
+
+    def index(ready: bool = False) -> list[tuple[str, str, str]]:
+        reply = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=ready))
+        return [(m.name, m.version, m.state) for m in reply.models]
+
+    # Loadable, not loaded: a name alone, as Triton lists it; not among the ready ones.
+    assert index() == [("tiny_cnn", "", ""), ("tiny_mlp", "1", "READY")]
+    assert index(ready=True) == [("tiny_mlp", "1", "READY")]
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny_cnn"))
+    assert index() == [("tiny_cnn", "1", "READY"), ("tiny_mlp", "1", "READY")]
 
 
 def test_idle_connections_to_the_metrics_port_take_a_bounded_number_of_threads(

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.serve import PERF_ANALYZER, ServerProcess, _served_file, in_process, perf_analyzer  # noqa: E402
+from bench.serve import PERF_ANALYZER, ServerProcess, in_process, perf_analyzer, served_file  # noqa: E402
 from zoo.repository import list_models  # noqa: E402
 
 log = logging.getLogger("bench.gpu")
@@ -112,7 +112,7 @@ def open_session(path: Path, device: str) -> Any:
 
 def check_session(args: argparse.Namespace) -> list[str]:
     """Create a session on the device and run it once: its providers."""
-    session = open_session(_served_file(args.repository, args.models[0]), args.device)
+    session = open_session(served_file(args.repository, args.models[0]), args.device)
     session.run(None, {"images": np.zeros((1, 1, 28, 28), np.float32)})
     return session.get_providers()
 
@@ -200,7 +200,7 @@ def measure_files(
 
 
 def inprocess(args: argparse.Namespace) -> list[dict]:
-    files = {model: _served_file(args.repository, model) for model in args.models}
+    files = {model: served_file(args.repository, model) for model in args.models}
     return measure_files(files, "fp32", args.batches, args.seconds, args.device)
 
 
@@ -254,7 +254,7 @@ def export_fp16(models: list[str], repository: Path, zoo: Sequence[str]) -> tupl
             errors[model] = lines[-1]
             log.warning("fp16 export of %s failed: %s", model, errors[model])
             continue
-        files[model] = _served_file(repository, written[0])
+        files[model] = served_file(repository, written[0])
     return files, errors
 
 

@@ -252,7 +252,8 @@ def in_process(session: Any, batch: int, concurrency: int, seconds: float) -> di
     }
 
 
-def _served_file(repository: Path, model: str) -> Path:
+def served_file(repository: Path, model: str) -> Path:
+    """The model file the server would load for `model`: its latest version's."""
     model_dir = repository / model
     config = read_model_config(model_dir)
     version = list_versions(model_dir, config.version_policy)[-1]
@@ -271,7 +272,7 @@ def measure(
     results: dict[str, dict] = {kind: {} for kind in kinds}
     for model in models:
         session = ort.InferenceSession(
-            str(_served_file(repository, model)), providers=["CPUExecutionProvider"]
+            str(served_file(repository, model)), providers=["CPUExecutionProvider"]
         )
         for batch, concurrency in LOADS:
             key = f"{model} b{batch} c{concurrency}"
@@ -497,7 +498,7 @@ def start_peer_servers(
     servers = {"zoo": ServerProcess(zoo_command(subset), logs / "zoo.log")}
     try:
         servers["noop"] = ServerProcess(noop_command(subset), logs / "noop.log")
-        files = [f"{m}={_served_file(repository, m).resolve()}" for m in models]
+        files = [f"{m}={served_file(repository, m).resolve()}" for m in models]
         for peer, python in peers.items():
             command = [str(python), str(PEERS_DIR / "launch.py"), peer, *files]
             try:
@@ -524,9 +525,7 @@ def measure_peers(
     import onnxruntime as ort
 
     sessions = {
-        m: ort.InferenceSession(
-            str(_served_file(repository, m)), providers=["CPUExecutionProvider"]
-        )
+        m: ort.InferenceSession(str(served_file(repository, m)), providers=["CPUExecutionProvider"])
         for m in models
     }
     kinds = list(servers)

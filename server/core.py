@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "modelzoo"
 # What perf_analyzer and tritonclient look for: "statistics" makes perf_analyzer
 # call ModelStatistics.
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "system_shared_memory")
+SYSTEM_SHARED_MEMORY = "system_shared_memory"
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", SYSTEM_SHARED_MEMORY)
 
 
 def _duration(d: Duration) -> StatisticDuration:
@@ -140,8 +141,9 @@ class InferenceCore:
         self.manager = ModelManager(settings.repository, self._load, on_change)
         self.shared_memory = SharedMemoryRegistry()
         self.ready = False
+        extensions = [e for e in EXTENSIONS if settings.shared_memory or e != SYSTEM_SHARED_MEMORY]
         self._metadata = ServerMetadataResponse(
-            name=SERVER_NAME, version=zoo.__version__, extensions=EXTENSIONS
+            name=SERVER_NAME, version=zoo.__version__, extensions=extensions
         )
 
     def _load(self, model_dir: Path, version: int, config: ModelConfig) -> LoadedModel:
@@ -271,6 +273,11 @@ class InferenceCore:
         return reply
 
     def register_shared_memory(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        if not self.settings.shared_memory:
+            raise FailedPreconditionError(
+                f"cannot register shared memory region {name!r}: system shared memory is off "
+                "on this server (--no-shared-memory); send tensors in the request"
+            )
         self.shared_memory.register(name, key, offset, byte_size)
         log.info("registered shared memory region %r (%s, %d bytes)", name, key, byte_size)
 

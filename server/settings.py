@@ -91,6 +91,14 @@ class ServeSettings(ZooSettings):
     allow_model_control: bool = Field(
         False, description="accept RepositoryModelLoad/Unload requests"
     )
+    # A region is any POSIX shared memory object the server's user may open: a client that
+    # can reach the server can make it read and write such objects, which only a client
+    # on the same host has any use for.
+    shared_memory: bool = Field(
+        True,
+        description="accept system shared memory regions (Triton's extension); "
+        "--no-shared-memory where no client runs on this host",
+    )
     tls_cert: FilePath | None = Field(
         None, description="PEM certificate chain: serve TLS (needs --tls-key)"
     )

@@ -351,6 +351,35 @@ def test_an_unregistered_region_is_gone_for_the_next_request(stub, shm_object, m
     assert "Unable to find shared memory region: 'zoo_gone'" in error.value.details()
 
 
+def test_no_shared_memory_refuses_registrations_and_serves_the_rest(
+    start_zoo_server, tiny_repository: Path, shm_object
+) -> None:
+    server = start_zoo_server(tiny_repository, "--no-shared-memory")
+    stub = GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+    key = shm_object(IMAGES.nbytes)
+    register = pb.SystemSharedMemoryRegisterRequest(name="off", key=key, byte_size=IMAGES.nbytes)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.SystemSharedMemoryRegister(register)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details() == (
+        "cannot register shared memory region 'off': system shared memory is off on this "
+        "server (--no-shared-memory); send tensors in the request"
+    )
+    url = f"{server.http_url}/v2/systemsharedmemory/region/off/register"
+    code, reply = _http(url, {"key": key, "byte_size": IMAGES.nbytes})
+    assert code == 400 and "system shared memory is off" in reply["error"]
+    status = stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest())
+    assert list(status.regions) == []
+    extensions = stub.ServerMetadata(pb.ServerMetadataRequest()).extensions
+    assert "system_shared_memory" not in extensions and "statistics" in extensions
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ModelInfer(_images_request("tiny_mlp", "off"))
+    assert "Unable to find shared memory region: 'off'" in error.value.details()
+    request = pb.ModelInferRequest(model_name="tiny_mlp", raw_input_contents=[IMAGES.tobytes()])
+    request.inputs.add(name="images", datatype="FP32", shape=IMAGES.shape)
+    assert len(stub.ModelInfer(request).raw_output_contents) == 2
+
+
 # --- tritonclient -------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from proto.model_config_pb2 import ModelConfig
 from server.batcher import CallContext
 from server.config_support import check_supported, graph_optimization_level
 from server.manager import ModelManager
-from server.metrics import ServerMetrics
+from server.metrics import ServerMetrics, TritonCounters
 from server.model import LoadedModel
 from server.runtime import (
     CPU,
@@ -134,6 +134,7 @@ class InferenceCore:
     ) -> None:
         self.settings = settings
         self.metrics = ServerMetrics()
+        self.metrics.registry.register(TritonCounters(lambda: self.statistics("", "")))
         self._providers = resolve_providers(settings.device)
         self._options = session_options(
             settings.intra_op_threads, settings.inter_op_threads, settings.spin

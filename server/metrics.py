@@ -1,6 +1,7 @@
 """Prometheus metrics: requests by model, version and status; latency, queue time and
 batch size histograms; requests in flight. Each server owns its registry, so that
-several servers (tests) can live in one process.
+several servers (tests) can live in one process. Beside ours, Triton's per-model
+counters by Triton's names (nv_inference_*), read from ModelStatistics when scraped.
 
 The /metrics endpoint has its own small HTTP server: prometheus_client's starts a
 thread for every connection, without a cap or a timeout, inside the inference process."""
@@ -11,10 +12,14 @@ import logging
 import socket
 import ssl
 import threading
+from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, MetricsHandler
+from prometheus_client.metrics_core import Metric
+
+from proto.grpc_service_pb2 import ModelStatistics, ModelStatisticsResponse
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,50 @@ class ModelMetrics:
 
     def failed(self, status: str) -> None:
         self._metrics.requests.labels(*self._labels, status).inc()
+
+
+# Triton's counters: (name, help, the value in one model version's ModelStatistics).
+# Durations are of successful requests, in microseconds, as Triton counts them.
+TRITON_COUNTERS: tuple[tuple[str, str, Callable[[ModelStatistics], float]], ...] = (
+    ("nv_inference_request_success", "Requests answered successfully",
+     lambda s: s.inference_stats.success.count),
+    ("nv_inference_request_failure", "Requests that failed",
+     lambda s: s.inference_stats.fail.count),
+    ("nv_inference_count", "Inferences made (a request of batch N makes N)",
+     lambda s: s.inference_count),
+    ("nv_inference_exec_count", "Model executions (session calls; a batch is one)",
+     lambda s: s.execution_count),
+    ("nv_inference_request_duration_us", "Time successful requests took in the server, us",
+     lambda s: s.inference_stats.success.ns / 1e3),
+    ("nv_inference_queue_duration_us", "Time successful requests waited in the queue, us",
+     lambda s: s.inference_stats.queue.ns / 1e3),
+    ("nv_inference_compute_input_duration_us", "Time spent preparing inputs, us",
+     lambda s: s.inference_stats.compute_input.ns / 1e3),
+    ("nv_inference_compute_infer_duration_us", "Time spent in the model, us",
+     lambda s: s.inference_stats.compute_infer.ns / 1e3),
+    ("nv_inference_compute_output_duration_us", "Time spent on outputs, us",
+     lambda s: s.inference_stats.compute_output.ns / 1e3),
+)  # fmt: skip
+
+
+class TritonCounters:
+    """A collector of TRITON_COUNTERS for every model version `statistics()` reports,
+    so that dashboards made for Triton read ours. Nothing is counted per request: the
+    figures are ModelStatistics' own, read at scrape time. They are exposed untyped,
+    because prometheus_client names a counter's samples ..._total and Triton's do not
+    end so."""
+
+    def __init__(self, statistics: Callable[[], ModelStatisticsResponse]) -> None:
+        self._statistics = statistics
+
+    def collect(self) -> Iterator[Metric]:
+        models = self._statistics().model_stats
+        for name, documentation, value in TRITON_COUNTERS:
+            family = Metric(name, documentation, "unknown")
+            for stats in models:
+                labels = {"model": stats.name, "version": stats.version}
+                family.add_sample(name, labels, value(stats))
+            yield family
 
 
 class MetricsServer(ThreadingHTTPServer):

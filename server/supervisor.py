@@ -9,7 +9,8 @@ they share with each other is in server.workers. The supervisor:
   worker then binds;
 - serves /metrics for all workers on the one metrics port: prometheus_client's
   multiprocess mode (every worker writes its values to files in a shared folder,
-  summed at each scrape), plus each worker's resident memory and restarts;
+  summed at each scrape), Triton's counters from every worker's ModelStatistics
+  (summed), and each worker's resident memory and restarts;
 - restarts a worker that dies, with a back-off that doubles while restarts keep
   failing (a worker that ran a minute is a success), and logs each;
 - on SIGTERM or SIGINT stops every worker (each drains as `zoo serve` does) and exits 0.
@@ -38,8 +39,9 @@ import grpc
 from proto import grpc_service_pb2 as pb
 from proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from server.app import STOP_MARGIN_S, serve, serve_metrics
+from server.metrics import TritonCounters
 from server.settings import ServeSettings
-from server.workers import SOCKETS, WorkerRole
+from server.workers import SOCKETS, Peers, WorkerRole, merge_statistics
 from zoo.errors import FailedPreconditionError, ZooError
 
 log = logging.getLogger(__name__)
@@ -162,6 +164,10 @@ class Supervisor:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self.runtime / METRICS_DIR))
         registry.register(WorkerCollector(self))
+        token = self.settings.auth_token
+        workers = Peers.all_workers(self.runtime, token.get_secret_value() if token else None)
+        everything = pb.ModelStatisticsRequest()
+        registry.register(TritonCounters(lambda: merge_statistics(workers.statistics(everything))))
         self._metrics = serve_metrics(self.settings, registry)
         self.metrics_port = self._metrics.server_port if self._metrics is not None else None
         log.info("workers share %s", self.runtime)

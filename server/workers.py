@@ -78,6 +78,11 @@ class Peers:
         self._lock = threading.Lock()
         self._journal_lock = threading.Lock()
 
+    @classmethod
+    def all_workers(cls, runtime_dir: Path, token: str | None) -> Peers:
+        """Every worker of the runtime folder, as the supervisor (none of them) sees them."""
+        return cls(WorkerRole(-1, runtime_dir), token)
+
     def _sockets(self) -> list[Path]:
         return sorted(
             p

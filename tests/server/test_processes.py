@@ -133,6 +133,9 @@ def test_statistics_and_metrics_count_every_workers_requests(start_zoo_server, r
     text = _metrics(server.metrics_port)
     requests = _metric(text, "zoo_inference_requests_total", model="tiny_mlp", status="OK")
     assert requests == 2 * CONNECTIONS
+    # Triton's counters, from every worker's ModelStatistics, summed.
+    assert _metric(text, "nv_inference_request_success", model="tiny_mlp") == 2 * CONNECTIONS
+    assert _metric(text, "nv_inference_exec_count", model="tiny_mlp") == model.execution_count
     for worker in ("0", "1"):
         assert (_metric(text, "zoo_worker_resident_memory_bytes", worker=worker) or 0) > 10 * 2**20
 

@@ -264,6 +264,40 @@ def test_prometheus_metrics(
     assert "zoo_batch_size_bucket" in text and "zoo_inference_in_flight" in text
 
 
+def test_triton_counters_on_the_metrics_port_are_the_model_statistics(
+    zoo_server, stub: GRPCInferenceServiceStub, model_names, request_for, random_images
+) -> None:
+    model = model_names[0]
+    stub.ModelInfer(request_for(model, random_images(3)))
+    wrong = request_for(model, random_images(3))
+    wrong.inputs[0].shape[:] = [3, 1, 28, 27]
+    with pytest.raises(grpc.RpcError):
+        stub.ModelInfer(wrong)
+    url = f"http://127.0.0.1:{zoo_server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model)).model_stats
+    samples = {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines())
+        if name.endswith(f'{{model="{model}",version="{stats.version}"}}')
+    }
+
+    def sample(name: str) -> float:
+        return samples[f'{name}{{model="{model}",version="{stats.version}"}}']
+
+    counts = stats.inference_stats
+    assert sample("nv_inference_request_success") == counts.success.count >= 1
+    assert sample("nv_inference_request_failure") == counts.fail.count >= 1
+    assert sample("nv_inference_count") == stats.inference_count
+    assert sample("nv_inference_exec_count") == stats.execution_count
+    assert sample("nv_inference_request_duration_us") == pytest.approx(counts.success.ns / 1e3)
+    assert sample("nv_inference_compute_infer_duration_us") == pytest.approx(
+        counts.compute_infer.ns / 1e3
+    )
+    # Triton's names as they are: no _total, which prometheus_client gives counters.
+    assert "# TYPE nv_inference_request_success untyped" in text
+
+
 def _counted_ok(text: str, model: str) -> bool:
     return any(
         line.startswith("zoo_inference_requests_total")

@@ -1,0 +1,234 @@
+"""Which Python gRPC stack is the ceiling: no-op servers built three ways, and ours.
+
+    python bench/stacks.py [--models bn_mlp,bn_cnn] [--seconds 2] [--rounds 3]
+
+A roofline (bench/serve.py) adds the model's own call to what a server that computes
+nothing answers; which no-op server sets it matters. Three answer the same canned
+ModelInfer replies (bench/serve.py's `canned_replies`) and our ModelMetadata/ModelConfig:
+
+    sync-64     grpcio's thread-pool server on 64 threads (bench/serve.py's no-op)
+    sync-ours   the stack our server builds: registered methods, tolerant deserializers,
+                ModelInfer on an inference pool of one thread per CPU (bench/ablation.py's
+                "noop" rung)
+    aio         grpcio's asyncio server (grpc.aio), replies made on the event loop
+
+and `zoo` is our server. The load is Triton's perf_analyzer, servers interleaved within
+each round (the order rotating), then in-process onnxruntime with one thread calling. The
+table gives median req/s and, per no-op stack, our server's share of the roofline that
+stack sets (median of per-round ratios). Writes bench/results/stacks.{json,md}.
+`--serve-aio` runs the asyncio no-op server itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from bench.serve import (  # noqa: E402
+    PEER_LOADS,
+    PERF_ANALYZER,
+    RESULTS,
+    ServerProcess,
+    accounted,
+    canned_replies,
+    in_process,
+    median_ratio,
+    noop_command,
+    perf_analyzer,
+    roofline,
+    served_file,
+    write_results,
+    zoo_command,
+)
+from proto import grpc_service_pb2 as pb  # noqa: E402
+
+NOOPS = ("sync-64", "sync-ours", "aio")
+
+
+def run_aio_noop(repository: Path) -> int:
+    """The asyncio no-op server: canned replies, made on the event loop."""
+    import grpc
+
+    from proto.grpc_service_pb2_grpc import (
+        GRPCInferenceServiceServicer,
+        add_GRPCInferenceServiceServicer_to_server,
+    )
+    from server.core import InferenceCore
+    from server.settings import ServeSettings
+
+    core = InferenceCore(ServeSettings(repository=repository, device="cpu"))
+    core.start()
+    reply = canned_replies(core)
+
+    class Noop(GRPCInferenceServiceServicer):
+        async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+            return pb.ServerLiveResponse(live=True)
+
+        async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+            return pb.ServerMetadataResponse(name="aio", version="0")  # no statistics
+
+        async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+            return core.model_metadata(request.name, request.version)
+
+        async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+            return core.model_config(request.name, request.version)
+
+        async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+            return reply(request)
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        add_GRPCInferenceServiceServicer_to_server(Noop(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"aio: ready on 127.0.0.1:{port}", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+    return 0
+
+
+def commands(repository: Path) -> dict[str, list[str]]:
+    python, repo, ablation = sys.executable, str(repository), str(ROOT / "bench/ablation.py")
+    return {
+        "sync-64": noop_command(repository),
+        "sync-ours": [python, ablation, "--serve", "noop", "--repository", repo],
+        "aio": [python, str(Path(__file__).resolve()), "--serve-aio", "--repository", repo],
+        "zoo": zoo_command(repository),
+    }  # fmt: skip
+
+
+def measure(
+    repository: Path, models: list[str], seconds: float, rounds: int
+) -> dict[str, dict[str, list[dict]]]:
+    import onnxruntime as ort
+
+    sessions = {
+        m: ort.InferenceSession(str(served_file(repository, m)), providers=["CPUExecutionProvider"])
+        for m in models
+    }
+    runs: dict[str, dict[str, list[dict]]] = {}
+    with tempfile.TemporaryDirectory() as logs:
+        servers = {
+            kind: ServerProcess(command, Path(logs) / f"{kind}.log")
+            for kind, command in commands(repository).items()
+        }
+        try:
+            kinds = list(servers)
+            for round_ in range(rounds):
+                shift = round_ % len(kinds)
+                for model in models:
+                    for batch, concurrency in PEER_LOADS:
+                        key = f"{model} b{batch} c{concurrency}"
+                        for kind in kinds[shift:] + kinds[:shift]:
+                            server = servers[kind]
+                            load = partial(
+                                perf_analyzer, server.address, model, batch, concurrency, seconds
+                            )
+                            measured = accounted(load, server.process.pid)
+                            runs.setdefault(kind, {}).setdefault(key, []).append(measured)
+                        local = partial(in_process, sessions[model], batch, 1, seconds)
+                        measured = accounted(local, None)
+                        runs.setdefault("onnxruntime", {}).setdefault(key, []).append(measured)
+                        print(
+                            f"round {round_ + 1}/{rounds}, {key}: "
+                            + ", ".join(
+                                f"{kind} {r[key][-1]['requests_per_s']:,.0f}"
+                                for kind, r in runs.items()
+                            ),
+                            flush=True,
+                        )
+        finally:
+            for server in servers.values():
+                server.stop()
+    return runs
+
+
+def summarise(runs: dict[str, dict[str, list[dict]]]) -> list[dict[str, Any]]:
+    points = []
+    for key in runs["zoo"]:
+        rps = {kind: [r["requests_per_s"] for r in runs[kind][key]] for kind in runs}
+        everything = [r for kind in runs for r in runs[kind][key]]
+        share = {}
+        for noop in NOOPS:
+            roof = [roofline(n, c) for n, c in zip(rps[noop], rps["onnxruntime"], strict=True)]
+            share[noop] = median_ratio(rps["zoo"], roof)
+        points.append(
+            {
+                "point": key,
+                "requests_per_s": {kind: statistics.median(values) for kind, values in rps.items()},
+                "zoo_share_of_roofline": share,
+                "other_work_cpus_max": max(r["foreign_cpus"] for r in everything),
+            }
+        )
+    return points
+
+
+def table(results: dict[str, Any]) -> str:
+    kinds = ("zoo", *NOOPS, "onnxruntime")
+    lines = [
+        "| load | "
+        + " | ".join(f"{k} req/s" for k in kinds)
+        + " | "
+        + " | ".join(f"zoo / roofline of {n}" for n in NOOPS)
+        + " |",
+        "|---|" + "---:|" * (len(kinds) + len(NOOPS)),
+    ]
+    for p in results["points"]:
+        cells = [f"{p['requests_per_s'][k]:,.0f}" for k in kinds]
+        cells += [f"{p['zoo_share_of_roofline'][n]:.2f}" for n in NOOPS]
+        lines.append(f"| {p['point']} | " + " | ".join(cells) + " |")
+    foreign = max(p["other_work_cpus_max"] for p in results["points"])
+    lines += [
+        "",
+        f"Medians of {results['rounds']} interleaved rounds of {results['seconds']:g} s "
+        f"(perf_analyzer; onnxruntime: in process, one thread calling); shares are medians "
+        f"of per-round ratios. {results['date']}, {results['cpus']} CPUs, "
+        f"{results['machine']}; other work at most {foreign:.2f} CPUs; load average "
+        f"{results['load_average'][0]} before, {results['load_average'][1]} after.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--models", default="bn_mlp,bn_cnn")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS / "stacks.json")
+    parser.add_argument("--serve-aio", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_aio:
+        return run_aio_noop(args.repository)
+    if not PERF_ANALYZER.exists():
+        raise SystemExit(f"{PERF_ANALYZER} missing: run bash tools/install-perf-analyzer.sh")
+    before = os.getloadavg()[0]
+    runs = measure(args.repository, args.models.split(","), args.seconds, args.rounds)
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "load_average": [round(before, 2), round(os.getloadavg()[0], 2)],
+        "points": summarise(runs),
+        "runs": runs,
+    }
+    return write_results(results, table, args.output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

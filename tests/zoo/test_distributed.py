@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -55,8 +56,11 @@ class Run:
 
 
 def run(*command: str | Path) -> subprocess.CompletedProcess[str]:
+    # A process that aborts (SIGABRT from native code) prints every thread's Python
+    # traceback to stderr, which the failing assertion shows.
+    environ = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     return subprocess.run(
-        list(map(str, command)), capture_output=True, text=True, timeout=300, cwd=ROOT
+        list(map(str, command)), capture_output=True, text=True, timeout=300, cwd=ROOT, env=environ
     )
 
 

@@ -512,16 +512,23 @@ def start_peer_servers(
     return servers
 
 
+def zoo_load_alone(address: str, model: str, batch: int, concurrency: int, seconds: float) -> dict:
+    """`zoo load` from one generator process: the peers' load (they lack ModelConfig)."""
+    return zoo_load(address, model, batch, concurrency, seconds, generators=1)
+
+
 def measure_peers(
     servers: dict[str, ServerProcess],
     repository: Path,
     models: list[str],
     seconds: float,
     rounds: int,
+    generator: Callable[[str, str, int, int, float], dict] = zoo_load_alone,
 ) -> dict[str, dict[str, list[dict]]]:
     """Every round visits every load point; at each, every server in turn (the order
-    rotating by round, so that none always follows the same neighbour), then in-process
-    onnxruntime with one thread calling. Returns each target's runs per load point."""
+    rotating by round, so that none always follows the same neighbour) under
+    `generator(address, model, batch, concurrency, seconds)`, then in-process onnxruntime
+    with one thread calling. Returns each target's runs per load point."""
     import onnxruntime as ort
 
     sessions = {
@@ -537,9 +544,7 @@ def measure_peers(
                 key = f"{model} b{batch} c{concurrency}"
                 for kind in kinds[shift:] + kinds[:shift]:
                     server = servers[kind]
-                    load = partial(
-                        zoo_load, server.address, model, batch, concurrency, seconds, generators=1
-                    )
+                    load = partial(generator, server.address, model, batch, concurrency, seconds)
                     runs[kind].setdefault(key, []).append(accounted(load, server.process.pid))
                 local = partial(in_process, sessions[model], batch, 1, seconds)
                 runs["onnxruntime"].setdefault(key, []).append(accounted(local, None))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import platform
 import statistics
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from functools import partial
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +47,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from bench.serve import (  # noqa: E402
-    PEER_LOADS,
     PERF_ANALYZER,
     RESULTS,
     ServerProcess,
-    accounted,
     canned_replies,
-    in_process,
+    measure_peers,
     median_ratio,
     noop_command,
     perf_analyzer,
     roofline,
-    served_file,
     write_results,
     zoo_command,
 )
@@ -66,8 +64,13 @@ from proto import grpc_service_pb2 as pb  # noqa: E402
 NOOPS = ("sync-64", "sync-ours", "aio")
 
 
-def run_aio_noop(repository: Path) -> int:
-    """The asyncio no-op server: canned replies, made on the event loop."""
+Infer = Callable[[pb.ModelInferRequest], Awaitable[pb.ModelInferResponse]]
+
+
+def serve_aio(repository: Path, kind: str, infer_on: Callable[[Any], Infer]) -> int:
+    """An asyncio server answering the metadata and config RPCs from our core's loaded
+    models (as perf_analyzer needs) and ModelInfer with `infer_on(core)`, made on the
+    running event loop."""
     import grpc
 
     from proto.grpc_service_pb2_grpc import (
@@ -79,34 +82,45 @@ def run_aio_noop(repository: Path) -> int:
 
     core = InferenceCore(ServeSettings(repository=repository, device="cpu"))
     core.start()
-    reply = canned_replies(core)
-
-    class Noop(GRPCInferenceServiceServicer):
-        async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
-            return pb.ServerLiveResponse(live=True)
-
-        async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
-            return pb.ServerMetadataResponse(name="aio", version="0")  # no statistics
-
-        async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
-            return core.model_metadata(request.name, request.version)
-
-        async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
-            return core.model_config(request.name, request.version)
-
-        async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
-            return reply(request)
 
     async def serve() -> None:
+        infer = infer_on(core)
+
+        class Servicer(GRPCInferenceServiceServicer):
+            async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+                return pb.ServerLiveResponse(live=True)
+
+            async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+                return pb.ServerMetadataResponse(name=kind, version="0")  # no statistics
+
+            async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+                return core.model_metadata(request.name, request.version)
+
+            async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+                return core.model_config(request.name, request.version)
+
+            async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+                return await infer(request)
+
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        add_GRPCInferenceServiceServicer_to_server(Noop(), server)
+        add_GRPCInferenceServiceServicer_to_server(Servicer(), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        print(f"aio: ready on 127.0.0.1:{port}", flush=True)
+        print(f"{kind}: ready on 127.0.0.1:{port}", flush=True)
         await server.wait_for_termination()
 
     asyncio.run(serve())
     return 0
+
+
+def canned_infer(core: Any) -> Infer:
+    """The no-op: canned replies, made on the event loop."""
+    reply = canned_replies(core)
+
+    async def infer(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        return reply(request)
+
+    return infer
 
 
 class BatchingSessionThread:
@@ -167,56 +181,23 @@ class BatchingSessionThread:
                 self._loop.call_soon_threadsafe(item[3].set_result, part)
 
 
-def run_aio_batched(repository: Path) -> int:
-    """The asyncio front end with a batching session thread (see the module's docstring)."""
-    import grpc
-
-    from proto.grpc_service_pb2_grpc import (
-        GRPCInferenceServiceServicer,
-        add_GRPCInferenceServiceServicer_to_server,
-    )
+def batched_infer(core: Any) -> Infer:
+    """Decode and encode on the event loop; compute on a BatchingSessionThread."""
     from server.codec import decode_inputs, encode_outputs
-    from server.core import InferenceCore
-    from server.settings import ServeSettings
 
-    core = InferenceCore(ServeSettings(repository=repository, device="cpu"))
-    core.start()
+    sessions = BatchingSessionThread(asyncio.get_running_loop())
 
-    async def serve() -> None:
-        sessions = BatchingSessionThread(asyncio.get_running_loop())
+    async def infer(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        model = core.manager.get(request.model_name, request.model_version)
+        arrays, size = decode_inputs(request, model.inputs, model.max_batch_size)
+        outputs = await sessions.submit(model, arrays, size)
+        response = pb.ModelInferResponse(
+            model_name=model.name, model_version=model.version, id=request.id
+        )
+        encode_outputs(response, model.outputs, outputs)
+        return response
 
-        class Batched(GRPCInferenceServiceServicer):
-            async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
-                return pb.ServerLiveResponse(live=True)
-
-            async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
-                return pb.ServerMetadataResponse(name="aio-batched", version="0")
-
-            async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
-                return core.model_metadata(request.name, request.version)
-
-            async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
-                return core.model_config(request.name, request.version)
-
-            async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
-                model = core.manager.get(request.model_name, request.model_version)
-                arrays, size = decode_inputs(request, model.inputs, model.max_batch_size)
-                outputs = await sessions.submit(model, arrays, size)
-                response = pb.ModelInferResponse(
-                    model_name=model.name, model_version=model.version, id=request.id
-                )
-                encode_outputs(response, model.outputs, outputs)
-                return response
-
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        add_GRPCInferenceServiceServicer_to_server(Batched(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        print(f"aio-batched: ready on 127.0.0.1:{port}", flush=True)
-        await server.wait_for_termination()
-
-    asyncio.run(serve())
-    return 0
+    return infer
 
 
 def commands(repository: Path) -> dict[str, list[str]]:
@@ -234,47 +215,16 @@ def commands(repository: Path) -> dict[str, list[str]]:
 def measure(
     repository: Path, models: list[str], seconds: float, rounds: int
 ) -> dict[str, dict[str, list[dict]]]:
-    import onnxruntime as ort
-
-    sessions = {
-        m: ort.InferenceSession(str(served_file(repository, m)), providers=["CPUExecutionProvider"])
-        for m in models
-    }
-    runs: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory() as logs:
         servers = {
             kind: ServerProcess(command, Path(logs) / f"{kind}.log")
             for kind, command in commands(repository).items()
         }
         try:
-            kinds = list(servers)
-            for round_ in range(rounds):
-                shift = round_ % len(kinds)
-                for model in models:
-                    for batch, concurrency in PEER_LOADS:
-                        key = f"{model} b{batch} c{concurrency}"
-                        for kind in kinds[shift:] + kinds[:shift]:
-                            server = servers[kind]
-                            load = partial(
-                                perf_analyzer, server.address, model, batch, concurrency, seconds
-                            )
-                            measured = accounted(load, server.process.pid)
-                            runs.setdefault(kind, {}).setdefault(key, []).append(measured)
-                        local = partial(in_process, sessions[model], batch, 1, seconds)
-                        measured = accounted(local, None)
-                        runs.setdefault("onnxruntime", {}).setdefault(key, []).append(measured)
-                        print(
-                            f"round {round_ + 1}/{rounds}, {key}: "
-                            + ", ".join(
-                                f"{kind} {r[key][-1]['requests_per_s']:,.0f}"
-                                for kind, r in runs.items()
-                            ),
-                            flush=True,
-                        )
+            return measure_peers(servers, repository, models, seconds, rounds, perf_analyzer)
         finally:
             for server in servers.values():
                 server.stop()
-    return runs
 
 
 def summarise(runs: dict[str, dict[str, list[dict]]]) -> list[dict[str, Any]]:
@@ -336,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-aio-batched", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_aio:
-        return run_aio_noop(args.repository)
+        return serve_aio(args.repository, "aio", canned_infer)
     if args.serve_aio_batched:
-        return run_aio_batched(args.repository)
+        return serve_aio(args.repository, "aio-batched", batched_infer)
     if not PERF_ANALYZER.exists():
         raise SystemExit(f"{PERF_ANALYZER} missing: run bash tools/install-perf-analyzer.sh")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # progress
     before = os.getloadavg()[0]
     runs = measure(args.repository, args.models.split(","), args.seconds, args.rounds)
     results = {

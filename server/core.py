@@ -139,6 +139,11 @@ class InferenceCore:
         self._options = session_options(
             settings.intra_op_threads, settings.inter_op_threads, settings.spin
         )
+        # Threads for each model's wide session (0: none): every CPU, where the thread
+        # count is ours to choose (not set by --intra-op-threads) and on the CPU only.
+        cpus = os.cpu_count() or 1
+        ours = self._providers[0] == CPU and not settings.intra_op_threads
+        self._wide_threads = cpus if ours and cpus > default_intra_op_threads() else 0
         self.manager = ModelManager(settings.repository, self._load, on_change)
         self.shared_memory = SharedMemoryRegistry()
         self.ready = False
@@ -170,15 +175,6 @@ class InferenceCore:
             self.settings.max_queue_size,
             wide_session=wide,
         )
-
-    @property
-    def _wide_threads(self) -> int:
-        """Threads for a model's wide session (0: none): every CPU, where the thread
-        count is ours to choose (not set by --intra-op-threads) and on the CPU only."""
-        cpus = os.cpu_count() or 1
-        narrow = default_intra_op_threads()
-        on_cpu = self._providers[0] == CPU
-        return cpus if on_cpu and not self.settings.intra_op_threads and cpus > narrow else 0
 
     def _session_options(self, config: ModelConfig, threads: int = 0) -> ort.SessionOptions:
         """The server's options (`threads` intra-op threads if given), with the graph

@@ -13,7 +13,7 @@ the server reads with `read_model_config` and `list_versions`.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import TypeVar
 
@@ -112,18 +112,15 @@ def write_model_config(model_dir: Path, config: ModelConfig) -> Path:
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     target = model_dir / CONFIG_FILENAME
-    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".config.", suffix=".tmp")
+    # Created exclusively under a fresh name, with a new file's modes (the umask's say),
+    # not mkstemp's private 0600: a server running as another user must read it.
+    tmp = model_dir / f".config.{uuid.uuid4().hex}.tmp"
     try:
-        # mkstemp makes the file private (0600); the config gets a new file's modes.
-        # (Reading the umask sets it for a moment: the exporter writes from one thread.)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w") as f:
+        with tmp.open("x") as f:
             f.write(_HEADER + text_format.MessageToString(config))
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return target
 
